@@ -1,0 +1,461 @@
+//! The store's metadata database: worlds and the operation log, in SQLite
+//! (WAL mode, so readers never wait for a writer).
+//!
+//! `PRAGMA user_version` holds the schema version; `open` applies the
+//! migrations that a database lacks, in order, each in one transaction.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::name::WorldName;
+
+/// Schema migrations; entry `n` moves a database from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[
+    // Version 1: store facts, worlds and the operation log.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE operations (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        world TEXT,
+        args TEXT NOT NULL
+    );
+    CREATE TABLE worlds (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        parent_id INTEGER REFERENCES worlds(id),
+        created_ms INTEGER NOT NULL,
+        created_by INTEGER NOT NULL REFERENCES operations(id),
+        source TEXT NOT NULL
+    );
+    CREATE INDEX worlds_parent ON worlds(parent_id);",
+];
+
+/// How long a writer waits for another writer before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the metadata database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("open database `{path}`")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database `{path}` has schema version {found}, newer than the {supported} this build knows; upgrade worlds")]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("migrate database `{path}` to schema version {version}")]
+    Migrate {
+        path: PathBuf,
+        version: u32,
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Query(#[from] rusqlite::Error),
+    #[error("decode stored JSON")]
+    Json(#[from] serde_json::Error),
+}
+
+type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// How a world's root filesystem came to be.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Source {
+    /// A minimal root built from the host's static busybox.
+    Busybox,
+    /// A copy of a host directory.
+    Directory { path: PathBuf },
+    /// An unpacked tar archive; `-` is standard input.
+    Tar { path: PathBuf },
+    /// Debian's debootstrap, variant minbase.
+    Debootstrap { suite: String },
+    /// A writable snapshot of the parent.
+    Snapshot,
+}
+
+/// A world as the database records it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorldRecord {
+    pub id: i64,
+    pub name: WorldName,
+    pub parent: Option<WorldName>,
+    pub created: Timestamp,
+    /// The operation that created the world.
+    pub created_by: i64,
+    pub source: Source,
+}
+
+/// One entry of the operation log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Operation {
+    pub id: i64,
+    pub time: Timestamp,
+    /// What the operation did, such as `create` or `delete`.
+    pub kind: String,
+    /// The world it acted on, if one.
+    pub world: Option<String>,
+    /// The operation's arguments, as given to it.
+    pub args: serde_json::Value,
+}
+
+/// An open metadata database.
+#[derive(Debug)]
+pub struct Db {
+    connection: Connection,
+}
+
+impl Db {
+    /// Opens or creates the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self> {
+        let open_error = |source| DbError::Open {
+            path: path.into(),
+            source,
+        };
+        let mut connection = Connection::open(path).map_err(open_error)?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "foreign_keys", true)
+            .map_err(open_error)?;
+        migrate(&mut connection, path)?;
+        Ok(Self { connection })
+    }
+
+    /// Returns every world, parents before their children.
+    pub fn worlds(&self) -> Result<Vec<WorldRecord>> {
+        let mut statement = self.connection.prepare(
+            "WITH RECURSIVE ordered(id, depth) AS (
+                 SELECT id, 0 FROM worlds WHERE parent_id IS NULL
+                 UNION ALL
+                 SELECT w.id, o.depth + 1 FROM worlds w JOIN ordered o ON w.parent_id = o.id
+             )
+             SELECT w.id, w.name, p.name, w.created_ms, w.created_by, w.source
+             FROM ordered o JOIN worlds w ON w.id = o.id
+             LEFT JOIN worlds p ON p.id = w.parent_id
+             ORDER BY o.depth, w.name",
+        )?;
+        let rows = statement.query_map([], read_world)?;
+        rows.map(|row| row?.into_record()).collect()
+    }
+
+    /// Returns the world named `name`, if it exists.
+    pub fn world(&self, name: &WorldName) -> Result<Option<WorldRecord>> {
+        let row = self
+            .connection
+            .query_row(
+                "SELECT w.id, w.name, p.name, w.created_ms, w.created_by, w.source
+                 FROM worlds w LEFT JOIN worlds p ON p.id = w.parent_id
+                 WHERE w.name = ?1",
+                [name.as_str()],
+                read_world,
+            )
+            .optional()?;
+        row.map(RawWorld::into_record).transpose()
+    }
+
+    /// Returns the value of `key` in the table of store facts.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .connection
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Returns the operation log, newest first, at most `limit` entries.
+    pub fn operations(&self, limit: u32) -> Result<Vec<Operation>> {
+        let mut statement = self.connection.prepare(
+            "SELECT id, time_ms, kind, world, args FROM operations ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = statement.query_map([limit], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (id, time_ms, kind, world, args) = row?;
+            Ok(Operation {
+                id,
+                time: timestamp(time_ms),
+                kind,
+                world,
+                args: serde_json::from_str(&args)?,
+            })
+        })
+        .collect()
+    }
+
+    /// Starts a write transaction; it takes SQLite's write lock at once.
+    pub fn transaction(&mut self) -> Result<Writer<'_>> {
+        let transaction = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        Ok(Writer { transaction })
+    }
+}
+
+/// A write transaction; dropping it without `commit` rolls it back.
+pub struct Writer<'db> {
+    transaction: Transaction<'db>,
+}
+
+impl Writer<'_> {
+    /// Appends an operation to the log and returns its id.
+    pub fn log(
+        &self,
+        kind: &str,
+        world: Option<&WorldName>,
+        args: &serde_json::Value,
+    ) -> Result<i64> {
+        self.transaction.execute(
+            "INSERT INTO operations (time_ms, kind, world, args) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                Timestamp::now().as_millisecond(),
+                kind,
+                world.map(WorldName::as_str),
+                args.to_string()
+            ],
+        )?;
+        Ok(self.transaction.last_insert_rowid())
+    }
+
+    /// Sets `key` in the table of store facts.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.transaction.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Records a new world, created by operation `operation`, and returns
+    /// its id.
+    pub fn insert_world(
+        &self,
+        name: &WorldName,
+        parent_id: Option<i64>,
+        operation: i64,
+        source: &Source,
+    ) -> Result<i64> {
+        self.transaction.execute(
+            "INSERT INTO worlds (name, parent_id, created_ms, created_by, source)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                name.as_str(),
+                parent_id,
+                Timestamp::now().as_millisecond(),
+                operation,
+                serde_json::to_string(source)?
+            ],
+        )?;
+        Ok(self.transaction.last_insert_rowid())
+    }
+
+    /// Removes the record of world `id`; its children must be gone first.
+    pub fn delete_world(&self, id: i64) -> Result<()> {
+        self.transaction
+            .execute("DELETE FROM worlds WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Makes the changes permanent.
+    pub fn commit(self) -> Result<()> {
+        self.transaction.commit()?;
+        Ok(())
+    }
+}
+
+/// A row of `worlds` before its JSON and name are decoded.
+struct RawWorld {
+    id: i64,
+    name: String,
+    parent: Option<String>,
+    created_ms: i64,
+    created_by: i64,
+    source: String,
+}
+
+impl RawWorld {
+    fn into_record(self) -> Result<WorldRecord> {
+        // Names were validated before they were stored; a row that fails
+        // here was written by hand.
+        let decode_name = |name: String| {
+            WorldName::new(&name).map_err(|error| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    Box::new(error),
+                )
+            })
+        };
+        Ok(WorldRecord {
+            id: self.id,
+            name: decode_name(self.name)?,
+            parent: self.parent.map(decode_name).transpose()?,
+            created: timestamp(self.created_ms),
+            created_by: self.created_by,
+            source: serde_json::from_str(&self.source)?,
+        })
+    }
+}
+
+fn read_world(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawWorld> {
+    Ok(RawWorld {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        parent: row.get(2)?,
+        created_ms: row.get(3)?,
+        created_by: row.get(4)?,
+        source: row.get(5)?,
+    })
+}
+
+fn timestamp(milliseconds: i64) -> Timestamp {
+    Timestamp::from_millisecond(milliseconds).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
+    let supported = MIGRATIONS.len() as u32;
+    let found: u32 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|source| DbError::Open {
+            path: path.into(),
+            source,
+        })?;
+    if found > supported {
+        return Err(DbError::TooNew {
+            path: path.into(),
+            found,
+            supported,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = index as u32 + 1;
+        let migrate_error = |source| DbError::Migrate {
+            path: path.into(),
+            version,
+            source,
+        };
+        let transaction = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(migrate_error)?;
+        // Another process may have migrated while this one waited for the
+        // write lock.
+        let current: u32 = transaction
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(migrate_error)?;
+        if current >= version {
+            continue;
+        }
+        transaction.execute_batch(sql).map_err(migrate_error)?;
+        transaction
+            .pragma_update(None, "user_version", version)
+            .map_err(migrate_error)?;
+        transaction.commit().map_err(migrate_error)?;
+        tracing::debug!(version, "database migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> WorldName {
+        WorldName::new(text).unwrap()
+    }
+
+    #[test]
+    fn migrate_new_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worlds.db");
+        let db = Db::open(&path).unwrap();
+        let version: u32 = db
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as u32);
+        drop(db);
+        // Opening again applies nothing and keeps the data.
+        Db::open(&path).unwrap();
+    }
+
+    #[test]
+    fn reject_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worlds.db");
+        let connection = Connection::open(&path).unwrap();
+        connection.pragma_update(None, "user_version", 99).unwrap();
+        drop(connection);
+        let error = Db::open(&path).unwrap_err();
+        assert!(
+            matches!(error, DbError::TooNew { found: 99, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn worlds_listed_parents_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("worlds.db")).unwrap();
+        let writer = db.transaction().unwrap();
+        let operation = writer.log("init", None, &serde_json::json!({})).unwrap();
+        let root = writer
+            .insert_world(&name("zroot"), None, operation, &Source::Busybox)
+            .unwrap();
+        let child = writer
+            .insert_world(&name("a-child"), Some(root), operation, &Source::Snapshot)
+            .unwrap();
+        writer
+            .insert_world(
+                &name("grandchild"),
+                Some(child),
+                operation,
+                &Source::Snapshot,
+            )
+            .unwrap();
+        writer.commit().unwrap();
+
+        let names: Vec<_> = db
+            .worlds()
+            .unwrap()
+            .into_iter()
+            .map(|world| world.name.to_string())
+            .collect();
+        assert_eq!(names, ["zroot", "a-child", "grandchild"]);
+        let child = db.world(&name("a-child")).unwrap().unwrap();
+        assert_eq!(child.parent, Some(name("zroot")));
+        assert_eq!(child.source, Source::Snapshot);
+    }
+
+    #[test]
+    fn parent_with_children_not_deletable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("worlds.db")).unwrap();
+        let writer = db.transaction().unwrap();
+        let operation = writer.log("init", None, &serde_json::json!({})).unwrap();
+        let root = writer
+            .insert_world(&name("root"), None, operation, &Source::Busybox)
+            .unwrap();
+        writer
+            .insert_world(&name("child"), Some(root), operation, &Source::Snapshot)
+            .unwrap();
+        assert!(writer.delete_world(root).is_err());
+    }
+}
