@@ -1,1 +1,80 @@
-fn main() {}
+//! The `world` command and its seven aliases.
+
+mod aliases;
+mod commands;
+mod ui;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+use tracing_subscriber::EnvFilter;
+
+use crate::commands::{Cli, Context};
+
+/// Makes a command crash at a named point, for crash-recovery tests.
+const CRASH_VARIABLE: &str = "WORLDS_TEST_CRASH_AT";
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let argv0 = args.first().cloned().unwrap_or_default();
+    if let Some((alias, subcommand)) = aliases::subcommand_of(Path::new(&argv0)) {
+        let known = Cli::command()
+            .get_subcommands()
+            .any(|command| command.get_name() == subcommand);
+        if !known {
+            eprintln!("error: `{alias}` runs `world {subcommand}`, which this version of worlds does not have yet");
+            return ExitCode::from(ui::EXIT_USAGE);
+        }
+        args = aliases::expand(args, subcommand);
+    }
+
+    let matches = match Cli::command().try_get_matches_from(args) {
+        Ok(matches) => matches,
+        Err(error) => {
+            // clap exits with 0 for --help and --version and with 2 for
+            // usage errors.
+            error.exit();
+        }
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    init_logging(cli.global.verbose);
+
+    let crash_point = match std::env::var(CRASH_VARIABLE).as_deref() {
+        Ok("after-snapshot") => Some(worlds::store::CrashPoint::AfterSnapshot),
+        _ => None,
+    };
+    let context = Context {
+        store_dir: cli.global.store.clone(),
+        quiet: cli.global.quiet,
+        crash_point,
+    };
+    match commands::run(cli, &context) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            ui::print_error(&error);
+            ExitCode::from(ui::exit_code(&error))
+        }
+    }
+}
+
+/// Sends logs to stderr: warnings by default, debug for worlds with
+/// `--verbose`, or the filter in `WORLDS_LOG`.
+fn init_logging(verbose: bool) {
+    let default = if verbose {
+        "warn,worlds=debug,world_cli=debug"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_env("WORLDS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+}

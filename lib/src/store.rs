@@ -11,7 +11,7 @@
 //!     worlds/NAME    root filesystem of world NAME, a writable subvolume
 //!     bases/NAME     base of child world NAME: a read-only snapshot of its
 //!                    parent, taken at the instant the child was made
-//!     tmp/           subvolumes under construction or being removed
+//!     tmp/           root worlds being filled: `import.PID.NAME`
 //! ```
 //!
 //! The table `meta` of `worlds.db` stores `layout` = [`LAYOUT_VERSION`]; a
@@ -565,33 +565,12 @@ impl Store {
         for doomed_name in &doomed {
             for path in [self.world_path(doomed_name), self.base_path(doomed_name)] {
                 if path.exists() {
-                    self.discard(&path)?;
+                    remove_subvolume(&path)?;
                 }
             }
             tracing::info!(world = %doomed_name, "world deleted");
         }
         Ok(doomed)
-    }
-
-    /// Moves a subvolume out of the way into `tmp/` and deletes it there, so
-    /// its name is free at once even if the deletion fails.
-    fn discard(&self, path: &Path) -> Result<()> {
-        let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-        let kind = path
-            .parent()
-            .and_then(Path::file_name)
-            .unwrap_or_default()
-            .to_string_lossy();
-        let trash = self
-            .pool
-            .join(TMP_DIR)
-            .join(format!("deleted.{}.{kind}.{file_name}", std::process::id()));
-        fs::rename(path, &trash).map_err(|source| StoreError::Move {
-            from: path.into(),
-            to: trash.clone(),
-            source,
-        })?;
-        remove_subvolume(&trash)
     }
 
     /// Cleans up after interrupted commands: deletes subvolumes that no

@@ -1,0 +1,118 @@
+//! The subcommands of `world`, one file each with its arguments and the
+//! function that runs it.
+
+mod completions;
+mod create;
+mod delete;
+mod init;
+mod install_aliases;
+mod list;
+mod log;
+mod man;
+mod show;
+mod store;
+mod tree;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use worlds::store::Cleanup;
+use worlds::Store;
+
+use crate::ui;
+
+/// Git-like branches of whole running Linux systems.
+///
+/// A world is a root filesystem plus the processes running in it. Sprout a
+/// child world from a parent in milliseconds, try a risky change inside it,
+/// then merge it back or throw it away. Worlds live in a store, on btrfs.
+#[derive(Debug, Parser)]
+#[command(name = "world", version, after_help = ui::EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options that every subcommand takes.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Store directory.
+    #[arg(long, global = true, env = "WORLDS_STORE", default_value = worlds::store::DEFAULT_DIR, value_name = "PATH")]
+    pub store: PathBuf,
+    /// Print debug logs of worlds to stderr (WORLDS_LOG takes a full filter).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Print no status lines or progress, only data and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Init(init::Args),
+    Create(create::Args),
+    List(list::Args),
+    Tree(tree::Args),
+    Show(show::Args),
+    Delete(delete::Args),
+    Log(log::Args),
+    #[command(subcommand)]
+    Store(store::Command),
+    InstallAliases(install_aliases::Args),
+    Completions(completions::Args),
+    Man(man::Args),
+}
+
+/// What every command needs besides its own arguments.
+pub struct Context {
+    pub store_dir: PathBuf,
+    pub quiet: bool,
+    /// Set for crash-recovery tests only; see `WORLDS_TEST_CRASH_AT`.
+    pub crash_point: Option<worlds::store::CrashPoint>,
+}
+
+impl Context {
+    /// Opens the store and reports what it cleaned up after interrupted
+    /// commands.
+    pub fn open_store(&self) -> anyhow::Result<Store> {
+        let (mut store, cleanups) = Store::open(&self.store_dir)?;
+        report_cleanups(&cleanups);
+        store.set_crash_point(self.crash_point);
+        Ok(store)
+    }
+}
+
+/// Prints what reconciling the store found, as warnings.
+pub fn report_cleanups(cleanups: &[Cleanup]) {
+    for cleanup in cleanups {
+        match cleanup {
+            Cleanup::Removed { path } => ui::warning(format_args!(
+                "removed `{}`, left in the pool by an interrupted command",
+                path.display()
+            )),
+            Cleanup::Missing { path } => ui::warning(format_args!(
+                "subvolume `{}` of a recorded world is missing from the pool; `world delete` removes the record",
+                path.display()
+            )),
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli, context: &Context) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Init(args) => init::run(args, context),
+        Command::Create(args) => create::run(args, context),
+        Command::List(args) => list::run(args, context),
+        Command::Tree(args) => tree::run(args, context),
+        Command::Show(args) => show::run(args, context),
+        Command::Delete(args) => delete::run(args, context),
+        Command::Log(args) => log::run(args, context),
+        Command::Store(command) => store::run(command, context),
+        Command::InstallAliases(args) => install_aliases::run(args, context),
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
+    }
+}

@@ -1,0 +1,244 @@
+//! Output conventions of the `world` command: exit codes, error chains with
+//! hints, status lines, progress and time formatting.
+//!
+//! stdout carries data (tables, JSON); everything else goes to stderr.
+
+use std::io::{self, IsTerminal};
+use std::time::Duration;
+
+use worlds::pool::PoolError;
+use worlds::rootfs::{Progress, RootfsError};
+use worlds::store::StoreError;
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// The command ran and found conflicts or differences that block it.
+#[expect(dead_code, reason = "diff and merge return it")]
+pub const EXIT_BLOCKED: u8 = 1;
+/// Invalid usage or input: fix the command line.
+pub const EXIT_USAGE: u8 = 2;
+/// worlds itself failed: the system, the environment or a bug.
+pub const EXIT_FAILURE: u8 = 125;
+
+/// Help text that lists the exit codes.
+pub const EXIT_CODES_HELP: &str = "\
+Exit status:
+  0    success
+  1    the command ran and found conflicts or differences that block it
+  2    invalid usage or input, such as a bad name or an unknown world
+  125  worlds itself failed (system error, missing tool, full pool)";
+
+/// Returns the exit code for an error: usage for mistakes the caller can
+/// fix on the command line, failure for everything else.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let is_usage = |cause: &(dyn std::error::Error + 'static)| {
+        let store = cause.downcast_ref::<StoreError>().is_some_and(|error| {
+            matches!(
+                error,
+                StoreError::NoStore { .. }
+                    | StoreError::WorldNotFound { .. }
+                    | StoreError::WorldExists { .. }
+                    | StoreError::WrongParent { .. }
+                    | StoreError::HasChildren { .. }
+            )
+        });
+        let rootfs = cause.downcast_ref::<RootfsError>().is_some_and(|error| {
+            matches!(
+                error,
+                RootfsError::SourceNotDirectory { .. }
+                    | RootfsError::SourceContainsStore { .. }
+                    | RootfsError::ArchiveMissing { .. }
+            )
+        });
+        let pool = cause.downcast_ref::<PoolError>().is_some_and(|error| {
+            matches!(
+                error,
+                PoolError::TooSmall { .. }
+                    | PoolError::NotLarger { .. }
+                    | PoolError::NotImage { .. }
+            )
+        });
+        let size = cause.downcast_ref::<worlds::size::InvalidSize>().is_some();
+        store || rootfs || pool || size || cause.downcast_ref::<UsageError>().is_some()
+    };
+    if error.chain().any(is_usage) {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+/// A mistake on the command line found after parsing, with an optional hint.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UsageError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Prints `error` to stderr, one cause a line, then a hint when one fits.
+pub fn print_error(error: &anyhow::Error) {
+    let mut causes = error.chain();
+    if let Some(first) = causes.next() {
+        eprintln!("error: {first}");
+    }
+    for cause in causes {
+        eprintln!("caused by: {cause}");
+    }
+    if let Some(hint) = hint(error) {
+        eprintln!("hint: {hint}");
+    }
+}
+
+fn hint(error: &anyhow::Error) -> Option<String> {
+    for cause in error.chain() {
+        if let Some(usage) = cause.downcast_ref::<UsageError>() {
+            return usage.hint.clone();
+        }
+        if let Some(error) = cause.downcast_ref::<StoreError>() {
+            let hint = match error {
+                StoreError::NotRoot => "run it as root, for example with sudo",
+                StoreError::NoStore { .. } => {
+                    "create the store and its first world with `world init NAME --busybox`, or pick another store with --store"
+                }
+                StoreError::WorldNotFound { .. } => "`world list` shows the worlds of this store",
+                StoreError::WorldExists { .. } => {
+                    "choose another name, or remove the old world with `world delete NAME`"
+                }
+                StoreError::HasChildren { .. } => "add --recursive to delete the children too",
+                StoreError::LayoutTooNew { .. } => "this store was written by a newer worlds",
+                _ => continue,
+            };
+            return Some(hint.into());
+        }
+        if let Some(error) = cause.downcast_ref::<PoolError>() {
+            let hint = match error {
+                PoolError::MkfsMissing => "install btrfs-progs: apt-get install btrfs-progs",
+                PoolError::NoLoopDevices => {
+                    "load the loop module with `modprobe loop`, or put the store on a btrfs filesystem"
+                }
+                PoolError::TooSmall { .. } => "give --pool-size 256M or more",
+                PoolError::NotLarger { .. } => "`world store info` shows the current size",
+                PoolError::NotImage { .. } => "grow the btrfs filesystem that holds the store instead",
+                _ => continue,
+            };
+            return Some(hint.into());
+        }
+        if let Some(error) = cause.downcast_ref::<RootfsError>() {
+            let hint = match error {
+                RootfsError::BusyboxMissing { .. } | RootfsError::BusyboxDynamic { .. } => {
+                    "install the static busybox: apt-get install busybox-static".to_owned()
+                }
+                RootfsError::ToolMissing { tool } => format!("install it: apt-get install {tool}"),
+                _ => continue,
+            };
+            return Some(hint);
+        }
+        if let Some(error) = cause.downcast_ref::<io::Error>() {
+            let hint = match error.raw_os_error() {
+                Some(libc_errno::ENOSPC) => {
+                    "the pool is full; grow it with `world store grow SIZE`"
+                }
+                Some(libc_errno::EPERM | libc_errno::EACCES) => "worlds needs root",
+                Some(libc_errno::ENOTTY) => "the store's pool is not a btrfs filesystem",
+                Some(libc_errno::EXDEV) => "the paths are on different filesystems or subvolumes",
+                _ => continue,
+            };
+            return Some(hint.into());
+        }
+    }
+    None
+}
+
+/// The few errno values that hints name, as Linux numbers them.
+mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const EACCES: i32 = 13;
+    pub const EXDEV: i32 = 18;
+    pub const ENOTTY: i32 = 25;
+    pub const ENOSPC: i32 = 28;
+}
+
+/// Prints a status line to stderr unless `quiet`.
+pub fn status(quiet: bool, message: impl std::fmt::Display) {
+    if !quiet {
+        eprintln!("{message}");
+    }
+}
+
+/// Prints a warning to stderr.
+pub fn warning(message: impl std::fmt::Display) {
+    eprintln!("warning: {message}");
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Formats a duration for status lines: `12 ms` or `3.4 s`.
+pub fn format_duration(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        format!("{} ms", duration.as_millis())
+    } else {
+        format!("{:.1} s", duration.as_secs_f64())
+    }
+}
+
+/// Formats a time in the local time zone, to the second.
+pub fn format_time(time: jiff::Timestamp) -> String {
+    time.to_zoned(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// A progress display on stderr: a bar or spinner on a terminal, nothing
+/// elsewhere or when hidden.
+pub struct ProgressDisplay {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl ProgressDisplay {
+    /// Starts a display unless `hidden` or stderr is not a terminal.
+    pub fn new(hidden: bool) -> Self {
+        let bar = (!hidden && io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Self { bar }
+    }
+
+    /// Shows one progress report.
+    pub fn report(&self, progress: Progress) {
+        let Some(bar) = &self.bar else { return };
+        match progress {
+            Progress::Message(message) => bar.set_message(message),
+            Progress::Bytes { done, total } => {
+                if let Some(total) = total {
+                    if bar.length() != Some(total) {
+                        bar.set_length(total);
+                        bar.set_style(
+                            indicatif::ProgressStyle::with_template(
+                                "{msg} [{bar:30}] {bytes}/{total_bytes} {eta}",
+                            )
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                        );
+                    }
+                }
+                bar.set_position(done);
+            }
+        }
+    }
+}
+
+impl Drop for ProgressDisplay {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
