@@ -130,6 +130,10 @@ fn hint(error: &anyhow::Error) -> Option<String> {
                     "install the static busybox: apt-get install busybox-static".to_owned()
                 }
                 RootfsError::ToolMissing { tool } => format!("install it: apt-get install {tool}"),
+                RootfsError::NoSpace { .. } => {
+                    "the pool is full; grow it with `world store grow SIZE` and try again"
+                        .to_owned()
+                }
                 _ => continue,
             };
             return Some(hint);

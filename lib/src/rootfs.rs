@@ -58,6 +58,8 @@ pub enum RootfsError {
     ToolMissing { tool: &'static str },
     #[error("`{tool}` failed: {detail}")]
     ToolFailed { tool: &'static str, detail: String },
+    #[error("`{tool}` ran out of space in the pool: {detail}")]
+    NoSpace { tool: &'static str, detail: String },
     #[error("write `{path}`")]
     Write { path: PathBuf, source: io::Error },
     #[error("read `{path}`")]
@@ -361,23 +363,44 @@ fn unpack_tar(path: &Path, dest: &Path, progress: &dyn Fn(Progress)) -> Result<(
 
 fn debootstrap(suite: &str, dest: &Path, progress: &dyn Fn(Progress)) -> Result<()> {
     let tool = find_tool("debootstrap")?;
+    // debootstrap takes no `--`; `parse_suite` in the CLI and the check
+    // below keep option-like suites out.
+    if suite.starts_with('-') {
+        return Err(RootfsError::ToolFailed {
+            tool: "debootstrap",
+            detail: format!("invalid suite `{suite}`"),
+        });
+    }
     let mut command = Command::new(tool);
     command
-        .args(["--variant=minbase", "--", suite])
+        .arg("--variant=minbase")
+        .arg(suite)
         .arg(dest)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = spawn("debootstrap", &mut command)?;
-    // debootstrap reports its steps as `I: ...` lines on stdout.
+    // debootstrap reports its steps as `I: ...` lines and some errors as
+    // `E: ...` lines on stdout.
     let stdout = child.stdout.take().expect("stdout was piped");
+    let mut errors = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         if let Some(step) = line.strip_prefix("I: ") {
             progress(Progress::Message(step.to_owned()));
+        } else if line.starts_with("E: ") || line.starts_with("W: ") {
+            errors.push(line);
         }
     }
-    finish("debootstrap", child)
+    match finish("debootstrap", child) {
+        Err(RootfsError::ToolFailed { tool, detail }) if !errors.is_empty() => {
+            Err(RootfsError::ToolFailed {
+                tool,
+                detail: format!("{}\n{detail}", errors.join("\n")),
+            })
+        }
+        result => result,
+    }
 }
 
 fn find_tool(tool: &'static str) -> Result<PathBuf> {
@@ -391,13 +414,16 @@ fn find_tool(tool: &'static str) -> Result<PathBuf> {
 }
 
 fn spawn(tool: &'static str, command: &mut Command) -> Result<std::process::Child> {
-    command.spawn().map_err(|error| match error.kind() {
-        io::ErrorKind::NotFound => RootfsError::ToolMissing { tool },
-        _ => RootfsError::ToolFailed {
-            tool,
-            detail: error.to_string(),
-        },
-    })
+    command
+        .env("LC_ALL", "C")
+        .spawn()
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound => RootfsError::ToolMissing { tool },
+            _ => RootfsError::ToolFailed {
+                tool,
+                detail: error.to_string(),
+            },
+        })
 }
 
 /// Waits for `child` and turns a failure into an error that carries the end
@@ -414,14 +440,25 @@ fn finish(tool: &'static str, mut child: std::process::Child) -> Result<()> {
     if status.success() {
         return Ok(());
     }
-    Err(RootfsError::ToolFailed {
-        tool,
-        detail: tail(&stderr, status),
-    })
+    Err(tool_failed(tool, &stderr, status))
+}
+
+/// Builds the error for a tool that exited with `status`, telling a full
+/// pool apart because its fix differs.
+fn tool_failed(tool: &'static str, stderr: &str, status: std::process::ExitStatus) -> RootfsError {
+    let detail = tail(stderr, status);
+    // The tools print strerror(ENOSPC), in English under the C locale that
+    // `run_captured` and `spawn` give them.
+    if stderr.contains("No space left on device") {
+        RootfsError::NoSpace { tool, detail }
+    } else {
+        RootfsError::ToolFailed { tool, detail }
+    }
 }
 
 fn run_captured(tool: &'static str, command: &mut Command) -> Result<Vec<u8>> {
     let output = command
+        .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .output()
         .map_err(|error| match error.kind() {
@@ -432,10 +469,11 @@ fn run_captured(tool: &'static str, command: &mut Command) -> Result<Vec<u8>> {
             },
         })?;
     if !output.status.success() {
-        return Err(RootfsError::ToolFailed {
+        return Err(tool_failed(
             tool,
-            detail: tail(&String::from_utf8_lossy(&output.stderr), output.status),
-        });
+            &String::from_utf8_lossy(&output.stderr),
+            output.status,
+        ));
     }
     Ok(output.stdout)
 }

@@ -1,1 +1,6 @@
+//! Integration tests against real btrfs pools on loop devices. They need
+//! root; `scripts/test.sh` runs them.
 
+mod common;
+mod test_init;
+mod test_store;
