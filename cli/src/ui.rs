@@ -50,7 +50,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                     | RootfsError::ArchiveMissing { .. }
             )
         });
-        let pool = cause.downcast_ref::<PoolError>().is_some_and(|error| {
+        let pool = as_pool_error(cause).is_some_and(|error| {
             matches!(
                 error,
                 PoolError::TooSmall { .. }
@@ -65,6 +65,15 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         EXIT_USAGE
     } else {
         EXIT_FAILURE
+    }
+}
+
+/// Returns the pool error in `cause`, also where a store error wraps it
+/// transparently and so hides it from the error chain.
+fn as_pool_error<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a PoolError> {
+    match cause.downcast_ref::<StoreError>() {
+        Some(StoreError::Pool(error)) => Some(error),
+        _ => cause.downcast_ref::<PoolError>(),
     }
 }
 
@@ -91,28 +100,31 @@ pub fn print_error(error: &anyhow::Error) {
 }
 
 fn hint(error: &anyhow::Error) -> Option<String> {
-    for cause in error.chain() {
-        if let Some(usage) = cause.downcast_ref::<UsageError>() {
-            return usage.hint.clone();
-        }
-        if let Some(error) = cause.downcast_ref::<StoreError>() {
-            let hint = match error {
-                StoreError::NotRoot => "run it as root, for example with sudo",
-                StoreError::NoStore { .. } => {
-                    "create the store and its first world with `world init NAME --busybox`, or pick another store with --store"
-                }
-                StoreError::WorldNotFound { .. } => "`world list` shows the worlds of this store",
-                StoreError::WorldExists { .. } => {
-                    "choose another name, or remove the old world with `world delete NAME`"
-                }
-                StoreError::HasChildren { .. } => "add --recursive to delete the children too",
-                StoreError::LayoutTooNew { .. } => "this store was written by a newer worlds",
-                _ => continue,
-            };
-            return Some(hint.into());
-        }
-        if let Some(error) = cause.downcast_ref::<PoolError>() {
-            let hint = match error {
+    error.chain().find_map(hint_for)
+}
+
+fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(usage) = cause.downcast_ref::<UsageError>() {
+        return usage.hint.clone();
+    }
+    let store = cause.downcast_ref::<StoreError>().and_then(|error| {
+        Some(match error {
+            StoreError::NotRoot => "run it as root, for example with sudo",
+            StoreError::NoStore { .. } => {
+                "create the store and its first world with `world init NAME --busybox`, or pick another store with --store"
+            }
+            StoreError::WorldNotFound { .. } => "`world list` shows the worlds of this store",
+            StoreError::WorldExists { .. } => {
+                "choose another name, or remove the old world with `world delete NAME`"
+            }
+            StoreError::HasChildren { .. } => "add --recursive to delete the children too",
+            StoreError::LayoutTooNew { .. } => "this store was written by a newer worlds",
+            _ => return None,
+        })
+    });
+    let pool = || {
+        as_pool_error(cause).and_then(|error| {
+            Some(match error {
                 PoolError::MkfsMissing => "install btrfs-progs: apt-get install btrfs-progs",
                 PoolError::NoLoopDevices => {
                     "load the loop module with `modprobe loop`, or put the store on a btrfs filesystem"
@@ -120,38 +132,42 @@ fn hint(error: &anyhow::Error) -> Option<String> {
                 PoolError::TooSmall { .. } => "give --pool-size 256M or more",
                 PoolError::NotLarger { .. } => "`world store info` shows the current size",
                 PoolError::NotImage { .. } => "grow the btrfs filesystem that holds the store instead",
-                _ => continue,
-            };
-            return Some(hint.into());
-        }
-        if let Some(error) = cause.downcast_ref::<RootfsError>() {
-            let hint = match error {
+                _ => return None,
+            })
+        })
+    };
+    let rootfs = || {
+        cause
+            .downcast_ref::<RootfsError>()
+            .and_then(|error| match error {
                 RootfsError::BusyboxMissing { .. } | RootfsError::BusyboxDynamic { .. } => {
-                    "install the static busybox: apt-get install busybox-static".to_owned()
+                    Some("install the static busybox: apt-get install busybox-static".to_owned())
                 }
-                RootfsError::ToolMissing { tool } => format!("install it: apt-get install {tool}"),
-                RootfsError::NoSpace { .. } => {
+                RootfsError::ToolMissing { tool } => {
+                    Some(format!("install it: apt-get install {tool}"))
+                }
+                RootfsError::NoSpace { .. } => Some(
                     "the pool is full; grow it with `world store grow SIZE` and try again"
-                        .to_owned()
-                }
-                _ => continue,
-            };
-            return Some(hint);
-        }
-        if let Some(error) = cause.downcast_ref::<io::Error>() {
-            let hint = match error.raw_os_error() {
-                Some(libc_errno::ENOSPC) => {
-                    "the pool is full; grow it with `world store grow SIZE`"
-                }
-                Some(libc_errno::EPERM | libc_errno::EACCES) => "worlds needs root",
-                Some(libc_errno::ENOTTY) => "the store's pool is not a btrfs filesystem",
-                Some(libc_errno::EXDEV) => "the paths are on different filesystems or subvolumes",
-                _ => continue,
-            };
-            return Some(hint.into());
-        }
-    }
-    None
+                        .to_owned(),
+                ),
+                _ => None,
+            })
+    };
+    let errno = || {
+        let code = cause.downcast_ref::<io::Error>()?.raw_os_error()?;
+        Some(match code {
+            libc_errno::ENOSPC => "the pool is full; grow it with `world store grow SIZE`",
+            libc_errno::EPERM | libc_errno::EACCES => "worlds needs root",
+            libc_errno::ENOTTY => "the store's pool is not a btrfs filesystem",
+            libc_errno::EXDEV => "the paths are on different filesystems or subvolumes",
+            _ => return None,
+        })
+    };
+    store
+        .or_else(pool)
+        .or_else(errno)
+        .map(str::to_owned)
+        .or_else(rootfs)
 }
 
 /// The few errno values that hints name, as Linux numbers them.

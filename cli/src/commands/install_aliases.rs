@@ -6,10 +6,10 @@ use super::Context;
 use crate::aliases::ALIASES;
 use crate::ui;
 
-/// Makes the seven seed names (`wcreate`, `wexec`, `wconsole`, `wdiff`,
-/// `wmerge`, `wdelete`, `wset`) as symlinks to this binary in DIR.
+/// Links the seven seed names to this binary in DIR.
 ///
-/// Each alias runs its `world` subcommand with the same arguments:
+/// The names are `wcreate`, `wexec`, `wconsole`, `wdiff`, `wmerge`, `wdelete`
+/// and `wset`. Each alias runs its `world` subcommand with the same arguments:
 /// `wcreate CHILD PARENT` is `world create CHILD PARENT`.
 #[derive(Debug, clap::Args)]
 pub struct Args {

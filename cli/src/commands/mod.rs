@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
     /// Store directory.
-    #[arg(long, global = true, env = "WORLDS_STORE", default_value = worlds::store::DEFAULT_DIR, value_name = "PATH")]
+    #[arg(long, global = true, env = "WORLDS_STORE", hide_env_values = true, default_value = worlds::store::DEFAULT_DIR, value_name = "PATH")]
     pub store: PathBuf,
     /// Print debug logs of worlds to stderr (WORLDS_LOG takes a full filter).
     #[arg(short, long, global = true)]
