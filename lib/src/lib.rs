@@ -6,7 +6,9 @@
 //! `world` command passes everything in and renders what comes back.
 
 pub mod db;
+pub mod diff;
 pub mod name;
+pub mod path;
 pub mod pool;
 pub mod rootfs;
 pub mod size;

@@ -11,7 +11,8 @@
 //!     worlds/NAME    root filesystem of world NAME, a writable subvolume
 //!     bases/NAME     base of child world NAME: a read-only snapshot of its
 //!                    parent, taken at the instant the child was made
-//!     tmp/           root worlds being filled: `import.PID.NAME`
+//!     tmp/           root worlds being filled (`import.PID.NAME`) and
+//!                    snapshots that a diff reads (`diff.PID.NAME`)
 //! ```
 //!
 //! The table `meta` of `worlds.db` stores `layout` = [`LAYOUT_VERSION`]; a
@@ -39,6 +40,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::db::{Db, DbError, Source, WorldRecord};
+use crate::diff::{self, engine, Change, DiffOptions, Method};
 use crate::name::WorldName;
 use crate::pool::{self, PoolError, PoolInfo};
 use crate::rootfs::{self, Progress, RootSource, RootfsError};
@@ -56,6 +58,8 @@ const BASES_DIR: &str = "bases";
 const TMP_DIR: &str = "tmp";
 /// Prefix of a root world being filled in `tmp/`: `import.PID.NAME`.
 const IMPORT_PREFIX: &str = "import.";
+/// Prefix of a read-only snapshot that a diff reads: `diff.PID.NAME`.
+const DIFF_PREFIX: &str = "diff.";
 
 /// Errors of store operations.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +116,14 @@ pub enum StoreError {
     },
     #[error("read store directory `{path}`")]
     ReadDir { path: PathBuf, source: io::Error },
+    #[error("world `{name}` is a root world and has no base to compare with")]
+    NoBase { name: WorldName },
+    #[error("compare world `{name}` with the base of `{child}`")]
+    Diff {
+        name: WorldName,
+        child: WorldName,
+        source: io::Error,
+    },
 }
 
 fn describe_parent(parent: Option<&WorldName>) -> String {
@@ -597,7 +609,7 @@ impl Store {
             }
         }
         for entry in self.list(TMP_DIR)? {
-            if !import_in_progress(&entry) {
+            if !in_progress(&entry) {
                 orphans.push(Path::new(TMP_DIR).join(entry));
             }
         }
@@ -633,6 +645,68 @@ impl Store {
             writer.commit()?;
         }
         Ok(cleanups)
+    }
+
+    /// Returns the changes that child world `name` made since its base.
+    pub fn diff(&self, name: &WorldName, options: &DiffOptions) -> Result<Vec<Change>> {
+        self.diff_against_base(name, name, options)
+    }
+
+    /// Returns the changes that the parent of child world `name` made since
+    /// the child's base was taken.
+    pub fn diff_parent(&self, name: &WorldName, options: &DiffOptions) -> Result<Vec<Change>> {
+        let Some(parent) = self.world(name)?.parent else {
+            return Err(StoreError::NoBase { name: name.clone() });
+        };
+        self.diff_against_base(&parent, name, options)
+    }
+
+    /// Compares world `subject` with the base of world `child`, reading a
+    /// read-only snapshot of `subject` so that a running world is seen at
+    /// one instant. Taking the snapshot also commits the pending changes
+    /// to the btrfs tree that the fast path searches.
+    fn diff_against_base(
+        &self,
+        subject: &WorldName,
+        child: &WorldName,
+        options: &DiffOptions,
+    ) -> Result<Vec<Change>> {
+        if self.world(child)?.parent.is_none() {
+            return Err(StoreError::NoBase {
+                name: child.clone(),
+            });
+        }
+        let diff_error = |source| StoreError::Diff {
+            name: subject.clone(),
+            child: child.clone(),
+            source,
+        };
+        let base = self.base_path(child);
+        let since = File::open(&base)
+            .and_then(|base| btrfs::subvolume_info(&base))
+            .map_err(diff_error)?
+            .otransid;
+
+        let tmp_name = format!("{DIFF_PREFIX}{}.{subject}", std::process::id());
+        let snapshot = self.pool.join(TMP_DIR).join(&tmp_name);
+        File::open(self.world_path(subject))
+            .and_then(|source| {
+                let tmp = File::open(self.pool.join(TMP_DIR))?;
+                btrfs::snapshot(&source, &tmp, OsStr::new(&tmp_name), true)
+            })
+            .map_err(diff_error)?;
+        let sides = engine::Sides {
+            base: &base,
+            world: &snapshot,
+        };
+        let changes = match options.method {
+            Method::Fast => engine::fast(&sides, since),
+            Method::Walk => engine::walk(&sides),
+        };
+        remove_quietly(&snapshot);
+
+        let changes = changes.map_err(diff_error)?;
+        Ok(diff::filter(changes, &options.filters))
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
@@ -681,10 +755,13 @@ fn descendants_deepest_first(worlds: &[WorldRecord], name: &WorldName) -> Vec<Wo
     order
 }
 
-/// Returns whether a `tmp/` entry is a root world that a live process is
-/// still filling.
-fn import_in_progress(entry: &str) -> bool {
-    let Some(rest) = entry.strip_prefix(IMPORT_PREFIX) else {
+/// Returns whether a `tmp/` entry belongs to a live process: a root world
+/// it is filling or a snapshot it is diffing.
+fn in_progress(entry: &str) -> bool {
+    let Some(rest) = entry
+        .strip_prefix(IMPORT_PREFIX)
+        .or_else(|| entry.strip_prefix(DIFF_PREFIX))
+    else {
         return false;
     };
     let Some((pid, _)) = rest.split_once('.') else {
@@ -835,15 +912,14 @@ mod tests {
     }
 
     #[test]
-    fn import_entries_of_live_processes_kept() {
+    fn tmp_entries_of_live_processes_kept() {
         let parent = std::os::unix::process::parent_id();
-        assert!(import_in_progress(&format!("import.{parent}.web")));
-        assert!(!import_in_progress(&format!(
-            "import.{}.web",
-            std::process::id()
-        )));
-        assert!(!import_in_progress("import.999999999.web"));
-        assert!(!import_in_progress("deleted.1.worlds.web"));
-        assert!(!import_in_progress("import.x.web"));
+        let own = std::process::id();
+        assert!(in_progress(&format!("import.{parent}.web")));
+        assert!(in_progress(&format!("diff.{parent}.web")));
+        assert!(!in_progress(&format!("import.{own}.web")));
+        assert!(!in_progress("import.999999999.web"));
+        assert!(!in_progress("deleted.1.worlds.web"));
+        assert!(!in_progress("import.x.web"));
     }
 }

@@ -2,5 +2,6 @@
 //! root; `scripts/test.sh` runs them.
 
 mod common;
+mod test_diff;
 mod test_init;
 mod test_store;

@@ -174,3 +174,279 @@ pub fn resize_to_max(mount: &File, devid: u64) -> io::Result<()> {
     unsafe { ioc_resize(mount.as_raw_fd(), &*args) }?;
     Ok(())
 }
+
+/// `struct btrfs_ioctl_timespec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoctlTimespec {
+    sec: u64,
+    nsec: u32,
+}
+
+/// `struct btrfs_ioctl_get_subvol_info_args`.
+#[repr(C)]
+struct SubvolInfoArgs {
+    treeid: u64,
+    name: [u8; 256],
+    parent_id: u64,
+    dirid: u64,
+    generation: u64,
+    flags: u64,
+    uuid: [u8; 16],
+    parent_uuid: [u8; 16],
+    received_uuid: [u8; 16],
+    ctransid: u64,
+    otransid: u64,
+    stransid: u64,
+    rtransid: u64,
+    ctime: IoctlTimespec,
+    otime: IoctlTimespec,
+    stime: IoctlTimespec,
+    rtime: IoctlTimespec,
+    reserved: [u64; 8],
+}
+
+const _: () = assert!(std::mem::size_of::<SubvolInfoArgs>() == 504);
+
+nix::ioctl_read!(ioc_get_subvol_info, 0x94, 60, SubvolInfoArgs);
+
+/// Facts about one subvolume, from `BTRFS_IOC_GET_SUBVOL_INFO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubvolumeInfo {
+    /// The subvolume's tree id.
+    pub id: u64,
+    /// The transaction that created the subvolume or snapshot.
+    pub otransid: u64,
+    /// The last transaction that changed the subvolume.
+    pub ctransid: u64,
+}
+
+/// Returns facts about the subvolume whose root directory is `subvolume`.
+pub fn subvolume_info(subvolume: &File) -> io::Result<SubvolumeInfo> {
+    let zero_time = IoctlTimespec { sec: 0, nsec: 0 };
+    let mut args = Box::new(SubvolInfoArgs {
+        treeid: 0,
+        name: [0; 256],
+        parent_id: 0,
+        dirid: 0,
+        generation: 0,
+        flags: 0,
+        uuid: [0; 16],
+        parent_uuid: [0; 16],
+        received_uuid: [0; 16],
+        ctransid: 0,
+        otransid: 0,
+        stransid: 0,
+        rtransid: 0,
+        ctime: zero_time,
+        otime: zero_time,
+        stime: zero_time,
+        rtime: zero_time,
+        reserved: [0; 8],
+    });
+    // SAFETY: `subvolume` is an open fd and `args` is a live, writable
+    // `btrfs_ioctl_get_subvol_info_args` (Linux 4.18 and later).
+    unsafe { ioc_get_subvol_info(subvolume.as_raw_fd(), &mut *args) }?;
+    Ok(SubvolumeInfo {
+        id: args.treeid,
+        otransid: args.otransid,
+        ctransid: args.ctransid,
+    })
+}
+
+/// Item type of an inode item in a subvolume tree (`BTRFS_INODE_ITEM_KEY`).
+pub const INODE_ITEM_KEY: u32 = 1;
+/// Size of the area that `struct btrfs_ioctl_search_args` gives results.
+const SEARCH_BUFFER: usize = 4096 - 104;
+
+/// `struct btrfs_ioctl_search_key`.
+#[repr(C)]
+struct SearchKey {
+    tree_id: u64,
+    min_objectid: u64,
+    max_objectid: u64,
+    min_offset: u64,
+    max_offset: u64,
+    min_transid: u64,
+    max_transid: u64,
+    min_type: u32,
+    max_type: u32,
+    nr_items: u32,
+    unused: u32,
+    unused1: u64,
+    unused2: u64,
+    unused3: u64,
+    unused4: u64,
+}
+
+/// `struct btrfs_ioctl_search_args`.
+#[repr(C)]
+struct SearchArgs {
+    key: SearchKey,
+    buf: [u8; SEARCH_BUFFER],
+}
+
+const _: () = assert!(std::mem::size_of::<SearchArgs>() == 4096);
+
+nix::ioctl_readwrite!(ioc_tree_search, 0x94, 17, SearchArgs);
+
+/// An inode whose item changed after a given transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangedInode {
+    pub ino: u64,
+    /// `S_IFMT` bits and permissions, as in `st_mode`.
+    pub mode: u32,
+}
+
+/// Returns the inodes of the subvolume at `subvolume` whose inode item was
+/// written by a transaction after `since`.
+///
+/// This searches the subvolume's tree with `BTRFS_IOC_TREE_SEARCH`. The
+/// search visits only tree blocks written after `since`, so its cost grows
+/// with the number of changes, not with the size of the subvolume. Each
+/// inode item stores the transaction of its last change, which filters out
+/// the unchanged neighbours that share a rewritten block. Changes that are
+/// not yet in the tree (delayed inode updates) are missed: search a
+/// snapshot, whose creation commits them.
+pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<Vec<ChangedInode>> {
+    let mut args = Box::new(SearchArgs {
+        key: SearchKey {
+            // Zero selects the tree of the subvolume that holds the fd.
+            tree_id: 0,
+            min_objectid: 0,
+            max_objectid: u64::MAX,
+            min_offset: 0,
+            max_offset: u64::MAX,
+            min_transid: since.saturating_add(1),
+            max_transid: u64::MAX,
+            min_type: 0,
+            max_type: u32::MAX,
+            nr_items: 0,
+            unused: 0,
+            unused1: 0,
+            unused2: 0,
+            unused3: 0,
+            unused4: 0,
+        },
+        buf: [0; SEARCH_BUFFER],
+    });
+    let mut changed = Vec::new();
+    loop {
+        args.key.nr_items = u32::MAX;
+        // SAFETY: `subvolume` is an open fd and `args` is a live, writable
+        // `btrfs_ioctl_search_args`; the kernel writes at most its buffer.
+        unsafe { ioc_tree_search(subvolume.as_raw_fd(), &mut *args) }?;
+        let count = args.key.nr_items;
+        if count == 0 {
+            break;
+        }
+        let mut offset = 0usize;
+        let mut last = (0u64, 0u32, 0u64);
+        for _ in 0..count {
+            // struct btrfs_ioctl_search_header: transid, objectid, offset,
+            // type, len.
+            let header = &args.buf[offset..offset + 32];
+            let objectid = read_u64(header, 8);
+            let key_offset = read_u64(header, 16);
+            let key_type = read_u32(header, 24);
+            let length = read_u32(header, 28) as usize;
+            let item = &args.buf[offset + 32..offset + 32 + length];
+            offset += 32 + length;
+            last = (objectid, key_type, key_offset);
+
+            // struct btrfs_inode_item: generation at 0, transid at 8, mode
+            // at 52.
+            if key_type == INODE_ITEM_KEY && item.len() >= 56 && read_u64(item, 8) > since {
+                changed.push(ChangedInode {
+                    ino: objectid,
+                    mode: read_u32(item, 52),
+                });
+            }
+        }
+        // Continue after the last key returned: (objectid, type, offset)
+        // ordered as a tuple.
+        let (objectid, key_type, key_offset) = last;
+        if key_offset < u64::MAX {
+            (
+                args.key.min_objectid,
+                args.key.min_type,
+                args.key.min_offset,
+            ) = (objectid, key_type, key_offset + 1);
+        } else if key_type < u32::MAX {
+            (
+                args.key.min_objectid,
+                args.key.min_type,
+                args.key.min_offset,
+            ) = (objectid, key_type + 1, 0);
+        } else if objectid < u64::MAX {
+            (
+                args.key.min_objectid,
+                args.key.min_type,
+                args.key.min_offset,
+            ) = (objectid + 1, 0, 0);
+        } else {
+            break;
+        }
+    }
+    Ok(changed)
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// `struct btrfs_ioctl_ino_path_args`.
+#[repr(C)]
+struct InoPathArgs {
+    inum: u64,
+    size: u64,
+    reserved: [u64; 4],
+    fspath: u64,
+}
+
+nix::ioctl_readwrite!(ioc_ino_paths, 0x94, 35, InoPathArgs);
+
+/// Returns every path of inode `ino` in the subvolume at `subvolume`,
+/// relative to the subvolume's root, one per hard link.
+pub fn inode_paths(subvolume: &File, ino: u64) -> io::Result<Vec<Vec<u8>>> {
+    let mut size = 64 * 1024;
+    loop {
+        // The kernel fills a `struct btrfs_data_container`: four u32
+        // counters, then one u64 per path giving the path's offset from the
+        // start of that array, then the NUL-terminated paths.
+        let mut container = vec![0u64; size / 8];
+        let mut args = InoPathArgs {
+            inum: ino,
+            size: size as u64,
+            reserved: [0; 4],
+            fspath: container.as_mut_ptr() as u64,
+        };
+        // SAFETY: `subvolume` is an open fd; `fspath` points at `size`
+        // writable bytes that outlive the call.
+        unsafe { ioc_ino_paths(subvolume.as_raw_fd(), &mut args) }?;
+        // SAFETY: `container` holds `size` initialized bytes (zeroed, then
+        // written by the kernel), so viewing them as bytes is sound.
+        let bytes = unsafe { std::slice::from_raw_parts(container.as_ptr().cast::<u8>(), size) };
+        let missing = read_u32(bytes, 4);
+        let count = read_u32(bytes, 8) as usize;
+        if missing > 0 && size < 16 << 20 {
+            size *= 4;
+            continue;
+        }
+        let values = &bytes[16..];
+        let mut paths = Vec::with_capacity(count);
+        for index in 0..count {
+            let start = read_u64(values, index * 8) as usize;
+            let Some(text) = values.get(start..) else {
+                continue;
+            };
+            let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+            paths.push(text[..end].to_vec());
+        }
+        return Ok(paths);
+    }
+}

@@ -5,6 +5,7 @@
 //! `SAFETY:` line that names the invariant it relies on.
 
 pub mod btrfs;
+pub mod fs;
 pub mod loopdev;
 
 use std::ffi::OsStr;

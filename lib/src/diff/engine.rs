@@ -1,0 +1,278 @@
+//! Computing the changes between a base and a world (or a read-only
+//! snapshot of it), by a full walk or by the fast path.
+//!
+//! In a btrfs snapshot an unchanged file keeps its inode number and ctime,
+//! and any change to its data or metadata moves its ctime. Both methods
+//! compare a path only when that test fails, with the same [`compare`], so
+//! they agree whenever the fast path finds every such path.
+//!
+//! The fast path asks the world's btrfs tree for the inodes written after
+//! the base was taken ([`btrfs::changed_inodes`]), resolves them to paths,
+//! and compares only those paths and the entries of changed directories
+//! with the base. Deletions and renames show up as changed directories.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::path::Path;
+
+use super::model::{classify, Change, ChangeKind, Entry, FileType};
+use crate::path::WorldPath;
+use crate::sys::{btrfs, fs as sysfs};
+
+/// Inode number of a subvolume's root directory.
+const ROOT_INO: u64 = 256;
+/// Files up to this size whose extents differ are compared byte by byte, so
+/// that a rewrite with the same bytes is no change. Larger ones count as
+/// modified without reading them.
+const COMPARE_BYTES_MAX: u64 = 1 << 20;
+
+/// The two trees of a diff.
+pub struct Sides<'a> {
+    pub base: &'a Path,
+    pub world: &'a Path,
+}
+
+/// Changes found so far, by path.
+type Changes = BTreeMap<WorldPath, Change>;
+
+/// Compares every path of both trees.
+pub fn walk(sides: &Sides<'_>) -> io::Result<Vec<Change>> {
+    let mut changes = Changes::new();
+    record(&mut changes, compare(sides, &WorldPath::root())?);
+    walk_dir(sides, &WorldPath::root(), &mut changes)?;
+    Ok(changes.into_values().collect())
+}
+
+/// Compares the paths of the inodes written after transaction `since`, and
+/// the entries of the directories among them.
+pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
+    let world = File::open(sides.world)?;
+    let mut candidates = BTreeSet::new();
+    for inode in btrfs::changed_inodes(&world, since)? {
+        if inode.ino == ROOT_INO {
+            candidates.insert(WorldPath::root());
+            continue;
+        }
+        for path in btrfs::inode_paths(&world, inode.ino)? {
+            candidates.insert(WorldPath::from_bytes(&path));
+        }
+    }
+
+    let mut changes = Changes::new();
+    for path in &candidates {
+        record(&mut changes, compare(sides, path)?);
+        let in_world = lstat(&path.under(sides.world))?;
+        if in_world.as_ref().is_some_and(Metadata::is_dir) {
+            compare_entries(sides, path, &mut changes)?;
+        }
+    }
+    Ok(changes.into_values().collect())
+}
+
+/// Compares the entries of directory `dir` on both sides by name and inode
+/// number, descending where an entry was added, deleted or replaced.
+fn compare_entries(sides: &Sides<'_>, dir: &WorldPath, changes: &mut Changes) -> io::Result<()> {
+    let before = read_dir(&dir.under(sides.base))?;
+    let after = read_dir(&dir.under(sides.world))?;
+    let names: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+    for name in names {
+        // An entry that still names the same inode changed only if that
+        // inode did, and then it is a candidate of its own.
+        if before
+            .get(name)
+            .is_some_and(|ino| after.get(name) == Some(ino))
+        {
+            continue;
+        }
+        let path = dir.join(name);
+        record(changes, compare(sides, &path)?);
+        descend(sides, &path, changes)?;
+    }
+    Ok(())
+}
+
+fn walk_dir(sides: &Sides<'_>, dir: &WorldPath, changes: &mut Changes) -> io::Result<()> {
+    let before = read_dir(&dir.under(sides.base))?;
+    let after = read_dir(&dir.under(sides.world))?;
+    let names: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+    for name in names {
+        let path = dir.join(name);
+        record(changes, compare(sides, &path)?);
+        descend(sides, &path, changes)?;
+    }
+    Ok(())
+}
+
+/// Continues below `path` after it was compared: both sides are walked when
+/// both are directories, and a directory on one side only is listed whole.
+fn descend(sides: &Sides<'_>, path: &WorldPath, changes: &mut Changes) -> io::Result<()> {
+    let base_dir = lstat(&path.under(sides.base))?.is_some_and(|m| m.is_dir());
+    let world_dir = lstat(&path.under(sides.world))?.is_some_and(|m| m.is_dir());
+    match (base_dir, world_dir) {
+        (true, true) => walk_dir(sides, path, changes),
+        (true, false) => list_subtree(sides.base, path, ChangeKind::Deleted, changes),
+        (false, true) => list_subtree(sides.world, path, ChangeKind::Added, changes),
+        (false, false) => Ok(()),
+    }
+}
+
+/// Records everything below directory `dir` of `root` as added or deleted.
+fn list_subtree(
+    root: &Path,
+    dir: &WorldPath,
+    kind: ChangeKind,
+    changes: &mut Changes,
+) -> io::Result<()> {
+    for name in read_dir(&dir.under(root))?.into_keys() {
+        let path = dir.join(&name);
+        let host = path.under(root);
+        let Some(metadata) = lstat(&host)? else {
+            continue;
+        };
+        let entry = read_entry(&host, &metadata)?;
+        let is_dir = entry.file_type == FileType::Directory;
+        let (before, after) = match kind {
+            ChangeKind::Deleted => (Some(entry), None),
+            _ => (None, Some(entry)),
+        };
+        record(
+            changes,
+            Some(Change {
+                path: path.clone(),
+                kind,
+                before,
+                after,
+            }),
+        );
+        if is_dir {
+            list_subtree(root, &path, kind, changes)?;
+        }
+    }
+    Ok(())
+}
+
+fn record(changes: &mut Changes, change: Option<Change>) {
+    if let Some(change) = change {
+        changes.insert(change.path.clone(), change);
+    }
+}
+
+/// Compares one path on both sides and returns its change, if any.
+pub fn compare(sides: &Sides<'_>, path: &WorldPath) -> io::Result<Option<Change>> {
+    let base_host = path.under(sides.base);
+    let world_host = path.under(sides.world);
+    let base_metadata = lstat(&base_host)?;
+    let world_metadata = lstat(&world_host)?;
+    if let (Some(before), Some(after)) = (&base_metadata, &world_metadata) {
+        let untouched = before.ino() == after.ino()
+            && before.ctime() == after.ctime()
+            && before.ctime_nsec() == after.ctime_nsec();
+        if untouched {
+            return Ok(None);
+        }
+    }
+
+    let before = base_metadata
+        .as_ref()
+        .map(|metadata| read_entry(&base_host, metadata))
+        .transpose()?;
+    let after = world_metadata
+        .as_ref()
+        .map(|metadata| read_entry(&world_host, metadata))
+        .transpose()?;
+    let data_changed = match (&before, &after) {
+        (Some(b), Some(a))
+            if b.file_type == FileType::Regular && a.file_type == FileType::Regular =>
+        {
+            b.ino == a.ino && b.size == a.size && data_differs(&base_host, &world_host, a.size)?
+        }
+        _ => false,
+    };
+    let Some(kind) = classify(before.as_ref(), after.as_ref(), data_changed) else {
+        return Ok(None);
+    };
+    Ok(Some(Change {
+        path: path.clone(),
+        kind,
+        before,
+        after,
+    }))
+}
+
+/// Returns whether two files of equal size hold different data: equal
+/// extent maps mean shared blocks, so no data is read for them.
+fn data_differs(base: &Path, world: &Path, size: u64) -> io::Result<bool> {
+    let base_extents = sysfs::extents(&File::open(base)?)?;
+    let world_extents = sysfs::extents(&File::open(world)?)?;
+    let opaque = |extents: &[sysfs::Extent]| {
+        extents.iter().any(|e| {
+            e.flags
+                & (sysfs::Extent::DATA_INLINE | sysfs::Extent::UNKNOWN | sysfs::Extent::DELALLOC)
+                != 0
+        })
+    };
+    if base_extents == world_extents && !opaque(&base_extents) {
+        return Ok(false);
+    }
+    if size > COMPARE_BYTES_MAX {
+        return Ok(true);
+    }
+    Ok(fs::read(base)? != fs::read(world)?)
+}
+
+/// Reads the attributes of the file at `host`, not following a final
+/// symlink.
+pub fn read_entry(host: &Path, metadata: &Metadata) -> io::Result<Entry> {
+    let file_type = FileType::from_mode(metadata.mode())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown file type"))?;
+    let target = match file_type {
+        FileType::Symlink => Some(fs::read_link(host)?.into_os_string().as_bytes().to_vec()),
+        _ => None,
+    };
+    let rdev =
+        matches!(file_type, FileType::CharDevice | FileType::BlockDevice).then(|| metadata.rdev());
+    Ok(Entry {
+        file_type,
+        size: metadata.size(),
+        mode: metadata.mode() & 0o7777,
+        uid: metadata.uid(),
+        gid: metadata.gid(),
+        mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000 + i128::from(metadata.mtime_nsec()),
+        target,
+        rdev,
+        xattrs: sysfs::xattrs(host)?,
+        ino: metadata.ino(),
+        nlink: metadata.nlink(),
+    })
+}
+
+fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(metadata) => Ok(Some(metadata)),
+        Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Returns the entries of directory `path` by name with their inode
+/// numbers, or none when it is missing or not a directory.
+fn read_dir(path: &Path) -> io::Result<BTreeMap<Vec<u8>, u64>> {
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+            return Ok(BTreeMap::new())
+        }
+        Err(error) => return Err(error),
+    };
+    let mut names = BTreeMap::new();
+    for entry in entries {
+        let entry = entry?;
+        names.insert(entry.file_name().as_bytes().to_vec(), entry.ino());
+    }
+    Ok(names)
+}

@@ -1,0 +1,183 @@
+//! Extended attributes and file extent maps, which `std` does not offer.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Returns the extended attributes of `path` (not following a final
+/// symlink), sorted by name: `user.*`, `security.capability`, POSIX ACLs in
+/// `system.posix_acl_*` and the rest.
+pub fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c_path = c_path(path)?;
+    let mut names = vec![0u8; 1024];
+    let length = loop {
+        // SAFETY: `c_path` is NUL-terminated and `names` is writable for
+        // `names.len()` bytes.
+        let length =
+            unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if length >= 0 {
+            break length as usize;
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(error),
+        }
+    };
+
+    let mut attributes = Vec::new();
+    for name in names[..length]
+        .split(|&b| b == 0)
+        .filter(|name| !name.is_empty())
+    {
+        let c_name = CString::new(name).expect("split at NUL");
+        let mut value = vec![0u8; 256];
+        let size = loop {
+            // SAFETY: both strings are NUL-terminated and `value` is
+            // writable for `value.len()` bytes.
+            let size = unsafe {
+                libc::lgetxattr(
+                    c_path.as_ptr(),
+                    c_name.as_ptr(),
+                    value.as_mut_ptr().cast(),
+                    value.len(),
+                )
+            };
+            if size >= 0 {
+                break Some(size as usize);
+            }
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::ERANGE) => value.resize(value.len() * 4, 0),
+                // Removed between the listing and the read.
+                Some(libc::ENODATA) => break None,
+                _ => return Err(error),
+            }
+        };
+        if let Some(size) = size {
+            value.truncate(size);
+            attributes.push((name.to_vec(), value));
+        }
+    }
+    attributes.sort();
+    Ok(attributes)
+}
+
+/// One extent of a file, from `FS_IOC_FIEMAP` (see
+/// Documentation/filesystems/fiemap.rst in the kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub logical: u64,
+    pub physical: u64,
+    pub length: u64,
+    pub flags: u32,
+}
+
+impl Extent {
+    /// Set when the extent's data lives inside filesystem metadata, so its
+    /// physical address says nothing about its content.
+    pub const DATA_INLINE: u32 = 0x0000_0200;
+    /// Set when the extent's location is not known yet.
+    pub const UNKNOWN: u32 = 0x0000_0002;
+    /// Set when the extent's data is not allocated yet.
+    pub const DELALLOC: u32 = 0x0000_0004;
+    /// Set on the last extent of the file.
+    pub const LAST: u32 = 0x0000_0001;
+}
+
+const FIEMAP_FLAG_SYNC: u32 = 0x0000_0001;
+const EXTENTS_PER_CALL: usize = 256;
+
+/// `struct fiemap` followed by room for its extents.
+#[repr(C)]
+struct Fiemap {
+    start: u64,
+    length: u64,
+    flags: u32,
+    mapped_extents: u32,
+    extent_count: u32,
+    reserved: u32,
+    extents: [FiemapExtent; EXTENTS_PER_CALL],
+}
+
+/// `struct fiemap_extent`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FiemapExtent {
+    logical: u64,
+    physical: u64,
+    length: u64,
+    reserved64: [u64; 2],
+    flags: u32,
+    reserved: [u32; 3],
+}
+
+/// `FS_IOC_FIEMAP` is `_IOWR('f', 11, struct fiemap)`, whose size counts
+/// only the 32-byte header.
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+
+/// Returns the extents of `file`, after writing out its dirty data.
+///
+/// Two files whose extents are equal and neither inline nor unknown share
+/// their data blocks, which is how a snapshot keeps an unchanged file.
+pub fn extents(file: &File) -> io::Result<Vec<Extent>> {
+    let empty = FiemapExtent {
+        logical: 0,
+        physical: 0,
+        length: 0,
+        reserved64: [0; 2],
+        flags: 0,
+        reserved: [0; 3],
+    };
+    let mut map = Box::new(Fiemap {
+        start: 0,
+        length: u64::MAX,
+        flags: FIEMAP_FLAG_SYNC,
+        mapped_extents: 0,
+        extent_count: EXTENTS_PER_CALL as u32,
+        reserved: 0,
+        extents: [empty; EXTENTS_PER_CALL],
+    });
+    let mut found = Vec::new();
+    loop {
+        // SAFETY: `file` is an open fd and `map` is a live `struct fiemap`
+        // with room for `extent_count` extents.
+        let result = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                FS_IOC_FIEMAP as _,
+                &mut *map as *mut Fiemap,
+            )
+        };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mapped = map.mapped_extents as usize;
+        if mapped == 0 {
+            return Ok(found);
+        }
+        for extent in &map.extents[..mapped] {
+            found.push(Extent {
+                logical: extent.logical,
+                physical: extent.physical,
+                length: extent.length,
+                flags: extent.flags,
+            });
+        }
+        let last = map.extents[mapped - 1];
+        if last.flags & Extent::LAST != 0 {
+            return Ok(found);
+        }
+        map.start = last.logical + last.length;
+        map.length = u64::MAX - map.start;
+    }
+}
