@@ -13,7 +13,6 @@ use worlds::store::StoreError;
 /// Success.
 pub const EXIT_OK: u8 = 0;
 /// The command ran and found conflicts or differences that block it.
-#[expect(dead_code, reason = "diff and merge return it")]
 pub const EXIT_BLOCKED: u8 = 1;
 /// Invalid usage or input: fix the command line.
 pub const EXIT_USAGE: u8 = 2;
@@ -40,6 +39,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                     | StoreError::WorldExists { .. }
                     | StoreError::WrongParent { .. }
                     | StoreError::HasChildren { .. }
+                    | StoreError::NoBase { .. }
             )
         });
         let rootfs = cause.downcast_ref::<RootfsError>().is_some_and(|error| {
@@ -118,6 +118,9 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
                 "choose another name, or remove the old world with `world delete NAME`"
             }
             StoreError::HasChildren { .. } => "add --recursive to delete the children too",
+            StoreError::NoBase { .. } => {
+                "a diff compares a child world with the snapshot of its parent it was made from; `world tree` shows which worlds are children"
+            }
             StoreError::LayoutTooNew { .. } => "this store was written by a newer worlds",
             _ => return None,
         })

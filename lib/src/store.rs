@@ -166,6 +166,68 @@ pub struct WorldDetails {
     pub base_subvolume_id: Option<u64>,
 }
 
+/// Which world a diff compares with a child's base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffSubject {
+    /// The child itself: what it changed.
+    World,
+    /// The child's parent: what it changed since the child was made.
+    Parent,
+}
+
+/// A diff ready to compute, holding a read-only snapshot of its subject
+/// until dropped.
+#[derive(Debug)]
+pub struct DiffView<'store> {
+    subject: WorldName,
+    child: WorldName,
+    base: PathBuf,
+    snapshot: PathBuf,
+    since: u64,
+    _store: std::marker::PhantomData<&'store Store>,
+}
+
+impl DiffView<'_> {
+    /// Returns the world whose changes this view shows.
+    pub fn subject(&self) -> &WorldName {
+        &self.subject
+    }
+
+    /// Returns the root of the base snapshot: the "before" side.
+    pub fn base_root(&self) -> &Path {
+        &self.base
+    }
+
+    /// Returns the root of the subject's snapshot: the "after" side.
+    pub fn world_root(&self) -> &Path {
+        &self.snapshot
+    }
+
+    /// Computes the changes.
+    pub fn changes(&self, options: &DiffOptions) -> Result<Vec<Change>> {
+        let sides = engine::Sides {
+            base: &self.base,
+            world: &self.snapshot,
+        };
+        let changes = match options.method {
+            Method::Fast => engine::fast(&sides, self.since),
+            Method::Walk => engine::walk(&sides),
+        };
+        let changes = changes.map_err(|source| StoreError::Diff {
+            name: self.subject.clone(),
+            child: self.child.clone(),
+            source,
+        })?;
+        Ok(diff::filter(changes, &options.filters))
+    }
+}
+
+impl Drop for DiffView<'_> {
+    fn drop(&mut self) {
+        remove_quietly(&self.snapshot);
+    }
+}
+
 /// Options of [`Store::delete`].
 #[derive(Debug, Clone, Default)]
 pub struct DeleteOptions {
@@ -649,33 +711,32 @@ impl Store {
 
     /// Returns the changes that child world `name` made since its base.
     pub fn diff(&self, name: &WorldName, options: &DiffOptions) -> Result<Vec<Change>> {
-        self.diff_against_base(name, name, options)
+        self.open_diff(name, DiffSubject::World)?.changes(options)
     }
 
     /// Returns the changes that the parent of child world `name` made since
     /// the child's base was taken.
     pub fn diff_parent(&self, name: &WorldName, options: &DiffOptions) -> Result<Vec<Change>> {
-        let Some(parent) = self.world(name)?.parent else {
-            return Err(StoreError::NoBase { name: name.clone() });
-        };
-        self.diff_against_base(&parent, name, options)
+        self.open_diff(name, DiffSubject::Parent)?.changes(options)
     }
 
-    /// Compares world `subject` with the base of world `child`, reading a
-    /// read-only snapshot of `subject` so that a running world is seen at
-    /// one instant. Taking the snapshot also commits the pending changes
-    /// to the btrfs tree that the fast path searches.
-    fn diff_against_base(
-        &self,
-        subject: &WorldName,
-        child: &WorldName,
-        options: &DiffOptions,
-    ) -> Result<Vec<Change>> {
-        if self.world(child)?.parent.is_none() {
+    /// Prepares a diff between the base of child world `child` and the
+    /// world or its parent, as `subject` selects.
+    ///
+    /// The view reads a read-only snapshot of the subject, taken now, so a
+    /// running world is seen at one instant; taking it also commits the
+    /// pending changes to the btrfs tree that the fast path searches. The
+    /// snapshot is deleted when the view is dropped.
+    pub fn open_diff(&self, child: &WorldName, subject: DiffSubject) -> Result<DiffView<'_>> {
+        let Some(parent) = self.world(child)?.parent else {
             return Err(StoreError::NoBase {
                 name: child.clone(),
             });
-        }
+        };
+        let subject = match subject {
+            DiffSubject::World => child.clone(),
+            DiffSubject::Parent => parent,
+        };
         let diff_error = |source| StoreError::Diff {
             name: subject.clone(),
             child: child.clone(),
@@ -689,24 +750,20 @@ impl Store {
 
         let tmp_name = format!("{DIFF_PREFIX}{}.{subject}", std::process::id());
         let snapshot = self.pool.join(TMP_DIR).join(&tmp_name);
-        File::open(self.world_path(subject))
+        File::open(self.world_path(&subject))
             .and_then(|source| {
                 let tmp = File::open(self.pool.join(TMP_DIR))?;
                 btrfs::snapshot(&source, &tmp, OsStr::new(&tmp_name), true)
             })
             .map_err(diff_error)?;
-        let sides = engine::Sides {
-            base: &base,
-            world: &snapshot,
-        };
-        let changes = match options.method {
-            Method::Fast => engine::fast(&sides, since),
-            Method::Walk => engine::walk(&sides),
-        };
-        remove_quietly(&snapshot);
-
-        let changes = changes.map_err(diff_error)?;
-        Ok(diff::filter(changes, &options.filters))
+        Ok(DiffView {
+            subject,
+            child: child.clone(),
+            base,
+            snapshot,
+            since,
+            _store: std::marker::PhantomData,
+        })
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {

@@ -4,6 +4,7 @@
 mod completions;
 mod create;
 mod delete;
+mod diff;
 mod init;
 mod install_aliases;
 mod list;
@@ -57,6 +58,7 @@ pub enum Command {
     Tree(tree::Args),
     Show(show::Args),
     Delete(delete::Args),
+    Diff(diff::Args),
     Log(log::Args),
     #[command(subcommand)]
     Store(store::Command),
@@ -109,6 +111,7 @@ pub fn run(cli: Cli, context: &Context) -> anyhow::Result<u8> {
         Command::Tree(args) => tree::run(args, context),
         Command::Show(args) => show::run(args, context),
         Command::Delete(args) => delete::run(args, context),
+        Command::Diff(args) => diff::run(args, context),
         Command::Log(args) => log::run(args, context),
         Command::Store(command) => store::run(command, context),
         Command::InstallAliases(args) => install_aliases::run(args, context),

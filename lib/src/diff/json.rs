@@ -3,11 +3,13 @@
 //! The output is one object:
 //!
 //! ```json
-//! {"world": "web", "against": "base", "changes": [CHANGE, ...]}
+//! {"world": "web", "parent": "base", "changes": [CHANGE, ...],
+//!  "parent_changes": [CHANGE, ...]}
 //! ```
 //!
-//! where `against` is `base` (the world's changes since its base) or
-//! `parent` (the parent's changes since the same base), and each CHANGE is
+//! where `changes` are the world's changes since its base and
+//! `parent_changes`, present only with `--parent`, are the parent's changes
+//! since the same base. Each CHANGE is
 //!
 //! ```json
 //! {"path": BYTES, "kind": "added|modified|deleted|type-changed|metadata-only",
