@@ -5,4 +5,5 @@
 mod common;
 mod test_aliases;
 mod test_commands;
+mod test_diff;
 mod test_failures;
