@@ -1,5 +1,5 @@
 //! The seven seed names (`wcreate`, `wexec`, ...) that the `world` binary
-//! answers to when it is called by one of them.
+//! responds to when it is called by one of them.
 
 use std::ffi::OsString;
 use std::path::Path;

@@ -65,7 +65,7 @@ pub enum DbError {
 
 type Result<T, E = DbError> = std::result::Result<T, E>;
 
-/// How a world's root filesystem came to be.
+/// The origin of a world's root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Source {
@@ -98,7 +98,7 @@ pub struct WorldRecord {
 pub struct Operation {
     pub id: i64,
     pub time: Timestamp,
-    /// What the operation did, such as `create` or `delete`.
+    /// The operation's kind, such as `create` or `delete`.
     pub kind: String,
     /// The world it acted on, if one.
     pub world: Option<String>,

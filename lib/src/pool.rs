@@ -1,4 +1,4 @@
-//! The btrfs pool that holds a store's subvolumes.
+//! The btrfs pool that contains a store's subvolumes.
 //!
 //! When the store directory is on btrfs, the pool is the directory
 //! `STORE/pool` on that filesystem. Otherwise the pool is a sparse file
@@ -58,7 +58,7 @@ pub enum PoolError {
 
 type Result<T, E = PoolError> = std::result::Result<T, E>;
 
-/// How a store keeps its pool.
+/// The kind of a store's pool.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PoolKind {
@@ -72,7 +72,7 @@ pub enum PoolKind {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PoolInfo {
     pub kind: PoolKind,
-    /// The directory that holds the subvolumes.
+    /// The directory that contains the subvolumes.
     pub mount: PathBuf,
     /// The image file, for an image pool.
     pub image: Option<PathBuf>,

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 /// The suite debootstrap builds when none is named.
 pub const DEFAULT_SUITE: &str = "bookworm";
 
-/// Where a root world's files come from.
+/// The source of a root world's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootSource {
     /// A minimal root around a statically linked busybox binary.
@@ -172,7 +172,7 @@ fn build_busybox(binary: &Path, dest: &Path) -> Result<()> {
     fs::set_permissions(&installed, fs::Permissions::from_mode(0o755))
         .map_err(write_error(&installed))?;
 
-    // One symlink per applet, where busybox says it belongs
+    // One symlink per applet, where busybox puts it
     // (`busybox --list-full` prints paths such as `usr/bin/awk`).
     let output = run_captured("busybox", Command::new(binary).arg("--list-full"))?;
     for applet in String::from_utf8_lossy(&output).lines() {
@@ -279,7 +279,7 @@ impl Compression {
         }
     }
 
-    /// The GNU tar option that decompresses it.
+    /// Returns the GNU tar option that decompresses it.
     fn tar_option(self) -> Option<&'static str> {
         match self {
             Self::None => None,

@@ -261,7 +261,7 @@ pub struct StoreLock {
 }
 
 impl Store {
-    /// Returns whether `dir` holds a store.
+    /// Returns whether `dir` contains a store.
     pub fn exists(dir: &Path) -> bool {
         dir.join(DB_NAME).is_file()
     }

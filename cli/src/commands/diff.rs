@@ -51,7 +51,7 @@ pub struct Args {
     /// Exit with 1 when there are changes and 0 when there are none.
     #[arg(long)]
     exit_code: bool,
-    /// Compare every file instead of only what the btrfs tree says changed
+    /// Compare every file instead of only what the btrfs tree records as changed
     /// (slower; for checking).
     #[arg(long)]
     full_walk: bool,
@@ -380,7 +380,7 @@ fn write_patch(out: &mut impl Write, patch: &[u8], color: bool) -> io::Result<()
     Ok(())
 }
 
-/// Returns a path as text, in double quotes with C escapes when it holds
+/// Returns a path as text, in double quotes with C escapes when it contains
 /// control characters, `"`, `\` or invalid UTF-8, as git quotes paths.
 pub fn quote(bytes: &[u8]) -> String {
     let plain = std::str::from_utf8(bytes).ok().filter(|text| {

@@ -7,7 +7,7 @@ use worlds::{Store, WorldName};
 use super::{report_cleanups, Context};
 use crate::ui;
 
-/// Where the busybox of `--busybox` comes from (Debian's busybox-static).
+/// Path of the busybox binary that `--busybox` copies (Debian's busybox-static).
 const BUSYBOX_BINARY: &str = "/bin/busybox";
 
 /// Creates a root world from a root filesystem, and the store if it has none.

@@ -67,7 +67,7 @@ pub enum Command {
     Man(man::Args),
 }
 
-/// What every command needs besides its own arguments.
+/// The settings every command needs besides its own arguments.
 pub struct Context {
     pub store_dir: PathBuf,
     pub quiet: bool,

@@ -6,7 +6,7 @@
 //! compare a path only when that test fails, with the same [`compare`], so
 //! they agree whenever the fast path finds every such path.
 //!
-//! The fast path asks the world's btrfs tree for the inodes written after
+//! The fast path searches the world's btrfs tree for the inodes written after
 //! the base was taken ([`btrfs::changed_inodes`]), resolves them to paths,
 //! and compares only those paths and the entries of changed directories
 //! with the base. Deletions and renames show up as changed directories.

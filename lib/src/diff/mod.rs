@@ -1,6 +1,6 @@
 //! What a world changed since its base.
 //!
-//! [`model`] holds the change model and its rules, [`engine`] the two ways
+//! [`model`] contains the change model and its rules, [`engine`] the two ways
 //! of computing changes, and [`json`] the documented JSON form. The store
 //! entry points are [`crate::Store::diff`] and [`crate::Store::diff_parent`].
 //!

@@ -108,7 +108,7 @@ pub fn snapshot(source: &File, parent: &File, name: &OsStr, read_only: bool) -> 
 
 /// Deletes the subvolume `name` inside the directory `parent`.
 ///
-/// Fails with `ENOTEMPTY` while the subvolume holds nested subvolumes.
+/// Fails with `ENOTEMPTY` while the subvolume contains nested subvolumes.
 pub fn delete_subvolume(parent: &File, name: &OsStr) -> io::Result<()> {
     let mut args = Box::new(VolArgs {
         fd: 0,
@@ -156,7 +156,7 @@ pub fn subvolume_id(file: &File) -> io::Result<u64> {
         name: [0; 4080],
     });
     // SAFETY: `file` is an open fd and `args` is a live
-    // `btrfs_ioctl_ino_lookup_args`; a zero treeid asks for the fd's own tree.
+    // `btrfs_ioctl_ino_lookup_args`; a zero treeid selects the fd's own tree.
     unsafe { ioc_ino_lookup(file.as_raw_fd(), &mut *args) }?;
     Ok(args.treeid)
 }
@@ -311,7 +311,7 @@ pub struct ChangedInode {
 pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<Vec<ChangedInode>> {
     let mut args = Box::new(SearchArgs {
         key: SearchKey {
-            // Zero selects the tree of the subvolume that holds the fd.
+            // Zero selects the tree of the subvolume that contains the fd.
             tree_id: 0,
             min_objectid: 0,
             max_objectid: u64::MAX,
@@ -428,7 +428,7 @@ pub fn inode_paths(subvolume: &File, ino: u64) -> io::Result<Vec<Vec<u8>>> {
         // SAFETY: `subvolume` is an open fd; `fspath` points at `size`
         // writable bytes that outlive the call.
         unsafe { ioc_ino_paths(subvolume.as_raw_fd(), &mut args) }?;
-        // SAFETY: `container` holds `size` initialized bytes (zeroed, then
+        // SAFETY: `container` contains `size` initialized bytes (zeroed, then
         // written by the kernel), so viewing them as bytes is sound.
         let bytes = unsafe { std::slice::from_raw_parts(container.as_ptr().cast::<u8>(), size) };
         let missing = read_u32(bytes, 4);
