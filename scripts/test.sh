@@ -26,7 +26,7 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 after=$(leftovers)
 if [ -n "$after" ] && [ "$after" != "$before" ]; then
