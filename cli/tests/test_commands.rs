@@ -54,6 +54,7 @@ fn lifecycle_of_a_small_tree() {
     source:   snapshot of its parent
     path:     [TMP]/store/pool/worlds/web-fix (subvolume [ID])
     base:     [TMP]/store/pool/bases/web-fix (subvolume [ID])
+    changes:  none since its base
     ");
 
     let deleted = env.world_ok(&["delete", "--recursive", "web"]);
@@ -99,6 +100,14 @@ fn json_outputs() {
         .unwrap()
         .ends_with("/pool/bases/child"));
     assert!(show["subvolume_id"].as_u64().unwrap() > 255);
+    assert_eq!(show["changes"]["added"], 0);
+    std::fs::write(env.store.join("pool/worlds/child/etc/motd"), "x").unwrap();
+    let show: serde_json::Value =
+        serde_json::from_str(&env.world_ok(&["show", "child", "--json"]).stdout).unwrap();
+    assert_eq!(show["changes"]["added"], 1);
+    let root: serde_json::Value =
+        serde_json::from_str(&env.world_ok(&["show", "base", "--json"]).stdout).unwrap();
+    assert!(root.get("changes").is_none());
 
     let tree: serde_json::Value =
         serde_json::from_str(&env.world_ok(&["tree", "--json"]).stdout).unwrap();

@@ -1,4 +1,6 @@
 use worlds::db::Source;
+use worlds::diff::{ChangeKind, DiffOptions};
+use worlds::store::WorldDetails;
 use worlds::WorldName;
 
 use super::Context;
@@ -9,17 +11,58 @@ use crate::ui;
 pub struct Args {
     /// The world to show.
     name: WorldName,
-    /// Print the world as JSON on stdout.
+    /// Print the world as JSON on stdout: the fields of `world list --json`
+    /// plus `children`, `path`, `subvolume_id`, `base`, `base_subvolume_id`
+    /// and, for a child world, `changes` counted by kind.
     #[arg(long)]
     json: bool,
+}
+
+/// The JSON document of `world show --json`.
+#[derive(serde::Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    details: &'a WorldDetails,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<Counts>,
+}
+
+/// Changes of a child world since its base, counted by kind.
+#[derive(Debug, Default, serde::Serialize)]
+struct Counts {
+    added: usize,
+    modified: usize,
+    deleted: usize,
+    type_changed: usize,
+    metadata_only: usize,
 }
 
 pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     let store = context.open_store()?;
     let details = store.details(&args.name)?;
+    // The fast diff reads only what changed, so counting is cheap.
+    let counts = match details.record.parent {
+        Some(_) => {
+            let mut counts = Counts::default();
+            for change in store.diff(&args.name, &DiffOptions::default())? {
+                match change.kind {
+                    ChangeKind::Added => counts.added += 1,
+                    ChangeKind::Modified => counts.modified += 1,
+                    ChangeKind::Deleted => counts.deleted += 1,
+                    ChangeKind::TypeChanged => counts.type_changed += 1,
+                    ChangeKind::MetadataOnly => counts.metadata_only += 1,
+                }
+            }
+            Some(counts)
+        }
+        None => None,
+    };
 
     if args.json {
-        ui::print_json(&details)?;
+        ui::print_json(&Shown {
+            details: &details,
+            changes: counts,
+        })?;
         return Ok(ui::EXIT_OK);
     }
     let record = &details.record;
@@ -80,6 +123,25 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
                 subvolume(details.base_subvolume_id)
             ),
         ));
+    }
+    if let Some(counts) = &counts {
+        let parts: Vec<String> = [
+            (counts.added, "added"),
+            (counts.modified, "modified"),
+            (counts.deleted, "deleted"),
+            (counts.type_changed, "type-changed"),
+            (counts.metadata_only, "metadata-only"),
+        ]
+        .into_iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, kind)| format!("{count} {kind}"))
+        .collect();
+        let summary = if parts.is_empty() {
+            "none since its base".to_owned()
+        } else {
+            format!("{} since its base", parts.join(", "))
+        };
+        rows.push(("changes", summary));
     }
     for (key, value) in rows {
         println!("{:<9} {value}", format!("{key}:"));
