@@ -1,0 +1,6 @@
+//! Applying a child's changes to its parent.
+//!
+//! [`plan`] decides, from both sides' changes since the child's base and the
+//! child's read set, what to apply and what conflicts.
+
+pub mod plan;
