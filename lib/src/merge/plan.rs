@@ -96,10 +96,16 @@ pub struct Plan {
     /// Steps in order: removals deepest first, then the rest parents first.
     pub steps: Vec<Step>,
     pub conflicts: Vec<Conflict>,
-    /// Child changes left out: identical on both sides, or settled for the
-    /// parent.
+    /// Child changes that the parent already made identically.
     #[serde(serialize_with = "serialize_paths")]
-    pub skipped: Vec<WorldPath>,
+    pub identical: Vec<WorldPath>,
+    /// Child changes left out because `prefer` chose the parent's version.
+    #[serde(serialize_with = "serialize_paths")]
+    pub kept_parent: Vec<WorldPath>,
+    /// Steps that move the child's base to the merged state: the applied
+    /// changes and the identical ones, so that the child's diff afterwards
+    /// shows only what the merge left out.
+    pub base_steps: Vec<Step>,
 }
 
 fn serialize_paths<S: serde::Serializer>(
@@ -137,6 +143,7 @@ pub fn build(
         .collect();
     let mut plan = Plan::default();
     let mut applied: Vec<&Change> = Vec::new();
+    let mut identical: Vec<&Change> = Vec::new();
 
     for change in &selected {
         if let Some(collision) = structural(change, &parent_by_path, parent) {
@@ -153,12 +160,13 @@ pub fn build(
             continue;
         };
         if same_result(change, theirs, same_data) {
-            plan.skipped.push(change.path.clone());
+            plan.identical.push(change.path.clone());
+            identical.push(change);
             continue;
         }
         match options.prefer {
             Some(Side::Child) => applied.push(change),
-            Some(Side::Parent) => plan.skipped.push(change.path.clone()),
+            Some(Side::Parent) => plan.kept_parent.push(change.path.clone()),
             None => plan.conflicts.push(Conflict {
                 kind: ConflictKind::WriteWrite,
                 path: change.path.clone(),
@@ -194,10 +202,34 @@ pub fn build(
     }
 
     plan.steps = order_steps(&applied);
+    applied.extend(identical);
+    plan.base_steps = order_steps(&applied);
     plan.conflicts
         .sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
-    plan.skipped.sort();
+    plan.identical.sort();
+    plan.kept_parent.sort();
     plan
+}
+
+/// Returns the steps that take a tree back to its earlier state, given
+/// the changes from that state (the base side) to the tree (the world
+/// side); the steps copy from the earlier state.
+pub fn restore_steps(changes: &[Change]) -> Vec<Step> {
+    let reversed: Vec<Change> = changes
+        .iter()
+        .map(|change| Change {
+            path: change.path.clone(),
+            kind: match change.kind {
+                ChangeKind::Added => ChangeKind::Deleted,
+                ChangeKind::Deleted => ChangeKind::Added,
+                kind => kind,
+            },
+            before: change.after.clone(),
+            after: change.before.clone(),
+        })
+        .collect();
+    let references: Vec<&Change> = reversed.iter().collect();
+    order_steps(&references)
 }
 
 /// Returns the parent change that makes `change` structurally impossible.
@@ -463,7 +495,10 @@ mod tests {
         let result = plan(&child, &parent, &theirs);
         assert_eq!(result.conflicts, []);
         assert_eq!(result.steps, [Step::Put(path("etc/new"))]);
-        assert_eq!(result.skipped, [path("etc/app.conf")]);
+        assert_eq!(result.kept_parent, [path("etc/app.conf")]);
+        // The base takes only the applied change, so the child still shows
+        // its own version of the conflicting file.
+        assert_eq!(result.base_steps, [Step::Put(path("etc/new"))]);
     }
 
     #[test]
@@ -474,7 +509,9 @@ mod tests {
             &PlanOptions::default(),
         );
         assert_eq!(both_deleted.conflicts, []);
-        assert_eq!(both_deleted.skipped, [path("tmp/x")]);
+        assert_eq!(both_deleted.identical, [path("tmp/x")]);
+        assert_eq!(both_deleted.steps, []);
+        assert_eq!(both_deleted.base_steps, [Step::Remove(path("tmp/x"))]);
 
         let same_bytes = build(
             &[modified("a")],
@@ -590,6 +627,42 @@ mod tests {
         );
         assert_eq!(result.conflicts, []);
         assert_eq!(result.steps, [Step::Put(path("etc/a"))]);
+    }
+
+    #[test]
+    fn restore_reverses_each_kind() {
+        let changes = [
+            added("new"),
+            deleted("gone", FileType::Regular),
+            modified("edited"),
+            change(
+                "mode",
+                ChangeKind::MetadataOnly,
+                Some(FileType::Regular),
+                Some(FileType::Regular),
+            ),
+            change(
+                "swap",
+                ChangeKind::TypeChanged,
+                Some(FileType::Directory),
+                Some(FileType::Regular),
+            ),
+            added("dir"),
+            added("dir/inner"),
+        ];
+        assert_eq!(
+            restore_steps(&changes),
+            [
+                Step::Remove(path("swap")),
+                Step::Remove(path("new")),
+                Step::Remove(path("dir/inner")),
+                Step::Remove(path("dir")),
+                Step::Put(path("edited")),
+                Step::Put(path("gone")),
+                Step::SetMetadata(path("mode")),
+                Step::Put(path("swap")),
+            ]
+        );
     }
 
     #[test]
