@@ -17,6 +17,7 @@ use crate::commands::{Cli, Context};
 const CRASH_VARIABLE: &str = "WORLDS_TEST_CRASH_AT";
 
 fn main() -> ExitCode {
+    worlds::sys::default_sigpipe();
     let mut args: Vec<OsString> = std::env::args_os().collect();
     let argv0 = args.first().cloned().unwrap_or_default();
     if let Some((alias, subcommand)) = aliases::subcommand_of(Path::new(&argv0)) {
@@ -48,8 +49,12 @@ fn main() -> ExitCode {
         Ok("after-snapshot") => Some(worlds::store::CrashPoint::AfterSnapshot),
         _ => None,
     };
+    // An absolute store path keeps records and messages independent of the
+    // directory the command ran in.
+    let store_dir =
+        std::path::absolute(&cli.global.store).unwrap_or_else(|_| cli.global.store.clone());
     let context = Context {
-        store_dir: cli.global.store.clone(),
+        store_dir,
         quiet: cli.global.quiet,
         crash_point,
     };

@@ -40,6 +40,8 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                     | StoreError::WrongParent { .. }
                     | StoreError::HasChildren { .. }
                     | StoreError::NoBase { .. }
+                    | StoreError::NotADirectory { .. }
+                    | StoreError::InsideStore { .. }
             )
         });
         let rootfs = cause.downcast_ref::<RootfsError>().is_some_and(|error| {
@@ -47,18 +49,24 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                 error,
                 RootfsError::SourceNotDirectory { .. }
                     | RootfsError::SourceContainsStore { .. }
+                    | RootfsError::SourceInsideStore { .. }
                     | RootfsError::ArchiveMissing { .. }
+                    | RootfsError::ArchiveIsDirectory { .. }
+                    | RootfsError::InvalidArchive { .. }
             )
         });
         let pool = as_pool_error(cause).is_some_and(|error| {
             matches!(
                 error,
                 PoolError::TooSmall { .. }
+                    | PoolError::TooLarge { .. }
+                    | PoolError::ImageWithoutStore { .. }
                     | PoolError::NotLarger { .. }
                     | PoolError::NotImage { .. }
             )
         });
-        let size = cause.downcast_ref::<worlds::size::InvalidSize>().is_some();
+        let size = cause.downcast_ref::<worlds::size::InvalidSize>().is_some()
+            || cause.downcast_ref::<worlds::path::InvalidPath>().is_some();
         store || rootfs || pool || size || cause.downcast_ref::<UsageError>().is_some()
     };
     if error.chain().any(is_usage) {
@@ -122,6 +130,11 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
                 "a diff compares a child world with the snapshot of its parent it was made from; `world tree` shows which worlds are children"
             }
             StoreError::LayoutTooNew { .. } => "this store was written by a newer worlds",
+            StoreError::InsideStore { .. } => "choose a store directory outside every store's pool",
+            StoreError::NotSubvolume { .. } => "remove or move it by hand if it is not needed",
+            StoreError::Db(worlds::db::DbError::NotInitialized { .. }) => {
+                "restore worlds.db from a backup; without it the store's worlds are unknown"
+            }
             _ => return None,
         })
     });
@@ -133,6 +146,10 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
                     "load the loop module with `modprobe loop`, or put the store on a btrfs filesystem"
                 }
                 PoolError::TooSmall { .. } => "give --pool-size 256M or more",
+                PoolError::TooLarge { .. } => "give a size that fits the filesystem, or put the store elsewhere",
+                PoolError::ImageWithoutStore { .. } => {
+                    "restore worlds.db from a backup to use this pool again, or move pool.img away to start a new store"
+                }
                 PoolError::NotLarger { .. } => "`world store info` shows the current size",
                 PoolError::NotImage { .. } => "grow the btrfs filesystem that holds the store instead",
                 _ => return None,

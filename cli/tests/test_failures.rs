@@ -167,8 +167,8 @@ fn crash_after_snapshot_cleaned_up() {
     let list = env.world_ok(&["list"]);
     assert_eq!(
         list.stderr,
-        "warning: removed `worlds/half`, left in the pool by an interrupted command\n\
-         warning: removed `bases/half`, left in the pool by an interrupted command\n"
+        "warning: removed `bases/half`, left in the pool by an interrupted command\n\
+         warning: removed `worlds/half`, left in the pool by an interrupted command\n"
     );
     assert!(!list.stdout.contains("half"));
     assert!(!env.store.join("pool/worlds/half").exists());
@@ -212,4 +212,158 @@ fn concurrent_creates_one_wins() {
             "{results:?}"
         );
     }
+}
+
+#[test]
+fn init_keeps_foreign_pool_image() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(&env.store).unwrap();
+    std::fs::write(env.store.join("pool.img"), "precious data").unwrap();
+    let result = env.world(&["init", "root", "--busybox", "--pool-size", "1G"]);
+    assert_eq!(result.code, 2, "{}", result.stderr);
+    assert!(
+        result
+            .stderr
+            .contains("exists, but the store has no database"),
+        "{}",
+        result.stderr
+    );
+    assert!(
+        result.stderr.contains("hint: restore worlds.db"),
+        "{}",
+        result.stderr
+    );
+    let kept = std::fs::read_to_string(env.store.join("pool.img")).unwrap();
+    assert_eq!(kept, "precious data");
+}
+
+#[test]
+fn empty_database_refused() {
+    let env = TestEnv::new();
+    env.init_busybox("root");
+    env.world_ok(&["create", "child", "root"]);
+    std::fs::write(env.store.join("worlds.db"), "").unwrap();
+    for file in ["worlds.db-wal", "worlds.db-shm"] {
+        let _ = std::fs::remove_file(env.store.join(file));
+    }
+    let result = env.world(&["list"]);
+    assert_eq!(result.code, 125, "{}", result.stderr);
+    assert!(
+        result
+            .stderr
+            .contains("is empty or is not a worlds database"),
+        "{}",
+        result.stderr
+    );
+    assert!(env.store.join("pool/worlds/child").exists());
+    assert!(env.store.join("pool/worlds/root").exists());
+}
+
+#[test]
+fn stray_file_in_pool_tolerated() {
+    let env = TestEnv::new();
+    env.init_busybox("root");
+    std::fs::write(env.store.join("pool/worlds/junk"), "").unwrap();
+    let list = env.world(&["list"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert!(
+        list.stderr
+            .contains("`worlds/junk` in the pool belongs to no world"),
+        "{}",
+        list.stderr
+    );
+    assert!(env.store.join("pool/worlds/junk").exists());
+    env.world_ok(&["create", "child", "root"]);
+}
+
+#[test]
+fn diff_filters_normalized_or_rejected() {
+    let env = TestEnv::new();
+    env.init_busybox("root");
+    env.world_ok(&["create", "child", "root"]);
+    std::fs::write(env.store.join("pool/worlds/child/etc/motd"), "x").unwrap();
+    let dotted = env.world(&["diff", "child", "--", "./etc"]);
+    assert_eq!((dotted.code, dotted.stdout.as_str()), (0, "A\t/etc/motd\n"));
+    let escaping = env.world(&["diff", "--exit-code", "child", "--", "/bin/../etc"]);
+    assert_eq!(escaping.code, 2);
+    assert!(
+        escaping.stderr.contains("path `/bin/../etc` contains `..`"),
+        "{}",
+        escaping.stderr
+    );
+}
+
+#[test]
+fn closed_stdout_ends_quietly() {
+    let env = TestEnv::new();
+    env.init_busybox("root");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = env
+        .command(WORLD)
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(output.status.signal(), Some(13), "{:?}", output.status);
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}
+
+#[test]
+fn from_tar_reads_pipes() {
+    let env = TestEnv::new();
+    let source = env.folder().join("src");
+    std::fs::create_dir_all(source.join("etc")).unwrap();
+    std::fs::write(source.join("etc/hostname"), "piped\n").unwrap();
+    let script = format!(
+        "{WORLD} init piped --pool-size 1G --from-tar <(tar --create --file=- --directory {} .)",
+        source.display()
+    );
+    let result = run(env.command("bash").args(["-c", &script]));
+    assert_eq!(result.code, 0, "{}", result.stderr);
+    let hostname = env.store.join("pool/worlds/piped/etc/hostname");
+    assert_eq!(std::fs::read_to_string(hostname).unwrap(), "piped\n");
+    let directory = env.world(&["init", "dir", "--from-tar", env.folder().to_str().unwrap()]);
+    assert_eq!(directory.code, 2);
+    assert!(
+        directory.stderr.contains("is a directory; use --from-dir"),
+        "{}",
+        directory.stderr
+    );
+}
+
+#[test]
+fn oversized_pool_leaves_nothing() {
+    let env = TestEnv::new();
+    let result = env.world(&["init", "root", "--busybox", "--pool-size", "1000T"]);
+    assert_eq!(result.code, 2, "{}", result.stderr);
+    assert!(
+        result.stderr.contains("larger than the"),
+        "{}",
+        result.stderr
+    );
+    assert!(!env.store.exists());
+}
+
+#[test]
+fn store_inside_pool_refused() {
+    let env = TestEnv::new();
+    env.init_busybox("root");
+    let inner = env.store.join("pool/tmp/inner");
+    let result = run(env.command(WORLD).args([
+        "--store",
+        inner.to_str().unwrap(),
+        "init",
+        "x",
+        "--busybox",
+    ]));
+    assert_eq!(result.code, 2, "{}", result.stderr);
+    assert!(
+        result.stderr.contains("is inside the pool of the store"),
+        "{}",
+        result.stderr
+    );
+    assert!(!inner.exists());
 }

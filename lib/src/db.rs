@@ -32,6 +32,13 @@ const MIGRATIONS: &[&str] = &[
         source TEXT NOT NULL
     );
     CREATE INDEX worlds_parent ON worlds(parent_id);",
+    // Version 2: intents, the subvolumes that a command is about to make or
+    // remove, so that a crash leaves nothing that reconcile cannot name.
+    "CREATE TABLE intents (
+        path TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        time_ms INTEGER NOT NULL
+    );",
 ];
 
 /// How long a writer waits for another writer before failing.
@@ -45,6 +52,8 @@ pub enum DbError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("database `{path}` is empty or is not a worlds database")]
+    NotInitialized { path: PathBuf },
     #[error("database `{path}` has schema version {found}, newer than the {supported} this build knows; upgrade worlds")]
     TooNew {
         path: PathBuf,
@@ -113,8 +122,10 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens or creates the database at `path` and migrates it.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens the database at `path` and migrates it. With `create`, an
+    /// empty or missing database is set up; without it, one is an error,
+    /// since an emptied database would make every world look unrecorded.
+    pub fn open(path: &Path, create: bool) -> Result<Self> {
         let open_error = |source| DbError::Open {
             path: path.into(),
             source,
@@ -127,6 +138,12 @@ impl Db {
         connection
             .pragma_update(None, "foreign_keys", true)
             .map_err(open_error)?;
+        let version: u32 = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(open_error)?;
+        if version == 0 && !create {
+            return Err(DbError::NotInitialized { path: path.into() });
+        }
         migrate(&mut connection, path)?;
         Ok(Self { connection })
     }
@@ -171,6 +188,16 @@ impl Db {
                 row.get(0)
             })
             .optional()?)
+    }
+
+    /// Returns the intents left by commands that did not finish: pool paths
+    /// with the kind of the command.
+    pub fn intents(&self) -> Result<Vec<(String, String)>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT path, kind FROM intents ORDER BY path")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Returns the operation log, newest first, at most `limit` entries.
@@ -271,6 +298,23 @@ impl Writer<'_> {
     pub fn delete_world(&self, id: i64) -> Result<()> {
         self.transaction
             .execute("DELETE FROM worlds WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Records that the command of `kind` is about to make or remove the
+    /// subvolume at pool path `path`.
+    pub fn add_intent(&self, path: &str, kind: &str) -> Result<()> {
+        self.transaction.execute(
+            "INSERT OR REPLACE INTO intents (path, kind, time_ms) VALUES (?1, ?2, ?3)",
+            params![path, kind, Timestamp::now().as_millisecond()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the intent on pool path `path`.
+    pub fn clear_intent(&self, path: &str) -> Result<()> {
+        self.transaction
+            .execute("DELETE FROM intents WHERE path = ?1", [path])?;
         Ok(())
     }
 
@@ -385,7 +429,7 @@ mod tests {
     fn migrate_new_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("worlds.db");
-        let db = Db::open(&path).unwrap();
+        let db = Db::open(&path, true).unwrap();
         let version: u32 = db
             .connection
             .pragma_query_value(None, "user_version", |row| row.get(0))
@@ -393,7 +437,7 @@ mod tests {
         assert_eq!(version, MIGRATIONS.len() as u32);
         drop(db);
         // Opening again applies nothing and keeps the data.
-        Db::open(&path).unwrap();
+        Db::open(&path, false).unwrap();
     }
 
     #[test]
@@ -403,7 +447,7 @@ mod tests {
         let connection = Connection::open(&path).unwrap();
         connection.pragma_update(None, "user_version", 99).unwrap();
         drop(connection);
-        let error = Db::open(&path).unwrap_err();
+        let error = Db::open(&path, false).unwrap_err();
         assert!(
             matches!(error, DbError::TooNew { found: 99, .. }),
             "{error}"
@@ -411,9 +455,18 @@ mod tests {
     }
 
     #[test]
+    fn empty_database_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worlds.db");
+        std::fs::write(&path, "").unwrap();
+        let error = Db::open(&path, false).unwrap_err();
+        assert!(matches!(error, DbError::NotInitialized { .. }), "{error}");
+    }
+
+    #[test]
     fn worlds_listed_parents_first() {
         let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(&dir.path().join("worlds.db")).unwrap();
+        let mut db = Db::open(&dir.path().join("worlds.db"), true).unwrap();
         let writer = db.transaction().unwrap();
         let operation = writer.log("init", None, &serde_json::json!({})).unwrap();
         let root = writer
@@ -447,7 +500,7 @@ mod tests {
     #[test]
     fn parent_with_children_not_deletable() {
         let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(&dir.path().join("worlds.db")).unwrap();
+        let mut db = Db::open(&dir.path().join("worlds.db"), true).unwrap();
         let writer = db.transaction().unwrap();
         let operation = writer.log("init", None, &serde_json::json!({})).unwrap();
         let root = writer

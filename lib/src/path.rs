@@ -29,6 +29,24 @@ impl WorldPath {
         path
     }
 
+    /// Parses a path that a user wrote: `.` components and repeated slashes
+    /// are dropped, and `..` is rejected because it could leave the world.
+    pub fn parse(bytes: &[u8]) -> Result<Self, InvalidPath> {
+        let mut path = Self::root();
+        for component in bytes.split(|&b| b == b'/') {
+            match component {
+                b"" | b"." => {}
+                b".." => {
+                    return Err(InvalidPath {
+                        path: String::from_utf8_lossy(bytes).into_owned(),
+                    })
+                }
+                name => path = path.join(name),
+            }
+        }
+        Ok(path)
+    }
+
     /// Returns the path of entry `name` in this directory.
     pub fn join(&self, name: &[u8]) -> Self {
         let mut bytes = self.0.clone();
@@ -75,6 +93,13 @@ impl WorldPath {
     }
 }
 
+/// A user-written world path that contains `..`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("path `{path}` contains `..`; write it from the world's root, such as `/etc/motd`")]
+pub struct InvalidPath {
+    path: String,
+}
+
 impl fmt::Display for WorldPath {
     /// Shows the absolute path inside the world, with invalid UTF-8 replaced;
     /// use [`WorldPath::to_absolute_bytes`] where bytes matter.
@@ -105,6 +130,18 @@ mod tests {
         assert!(path.starts_with(&WorldPath::root()));
         assert!(!path.starts_with(&WorldPath::from_bytes(b"et")));
         assert!(!path.starts_with(&WorldPath::from_bytes(b"etc/nginx/nginx.conf.d")));
+    }
+
+    #[test]
+    fn parse_user_paths() {
+        assert_eq!(
+            WorldPath::parse(b"./etc/./nginx/").unwrap(),
+            WorldPath::from_bytes(b"etc/nginx")
+        );
+        assert_eq!(WorldPath::parse(b"/").unwrap(), WorldPath::root());
+        assert_eq!(WorldPath::parse(b"").unwrap(), WorldPath::root());
+        assert!(WorldPath::parse(b"/etc/../bin").is_err());
+        assert!(WorldPath::parse(b"../../bin").is_err());
     }
 
     #[test]

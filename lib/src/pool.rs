@@ -22,6 +22,8 @@ pub const IMAGE_NAME: &str = "pool.img";
 pub const MOUNT_NAME: &str = "pool";
 /// The smallest pool `create` accepts; mkfs.btrfs needs about 114 MiB.
 pub const MIN_SIZE: u64 = 256 << 20;
+/// File name of a pool image while it is being made and formatted.
+const PARTIAL_IMAGE_NAME: &str = "pool.img.partial";
 
 /// Errors of pool setup and maintenance.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,10 @@ pub enum PoolError {
     CreateImage { path: PathBuf, source: io::Error },
     #[error("pool size {size} bytes is below the minimum of {MIN_SIZE} bytes")]
     TooSmall { size: u64 },
+    #[error("pool size {size} bytes is larger than the {limit} bytes of the filesystem that holds the store")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("pool image `{path}` exists, but the store has no database (worlds.db)")]
+    ImageWithoutStore { path: PathBuf },
     #[error("mkfs.btrfs is not installed")]
     MkfsMissing,
     #[error("format pool image `{path}` as btrfs: {detail}")]
@@ -92,8 +98,9 @@ pub struct PoolInfo {
 /// The image is sparse, so the size is a ceiling, not space taken at once;
 /// `world store grow` raises it later.
 pub fn default_size(store_dir: &Path) -> Result<u64> {
-    let stat = nix::sys::statvfs::statvfs(store_dir).map_err(|errno| PoolError::Statfs {
-        path: store_dir.into(),
+    let existing = nearest_existing(store_dir);
+    let stat = nix::sys::statvfs::statvfs(existing).map_err(|errno| PoolError::Statfs {
+        path: existing.into(),
         source: errno.into(),
     })?;
     let free = stat.blocks_available() * stat.fragment_size();
@@ -105,8 +112,9 @@ pub fn kind_of(store_dir: &Path) -> Result<PoolKind> {
     if store_dir.join(IMAGE_NAME).exists() {
         return Ok(PoolKind::Image);
     }
-    let on_btrfs = btrfs::is_btrfs(store_dir).map_err(|source| PoolError::Statfs {
-        path: store_dir.into(),
+    let existing = nearest_existing(store_dir);
+    let on_btrfs = btrfs::is_btrfs(existing).map_err(|source| PoolError::Statfs {
+        path: existing.into(),
         source,
     })?;
     Ok(if on_btrfs {
@@ -121,37 +129,72 @@ pub fn kind_of(store_dir: &Path) -> Result<PoolKind> {
 pub fn create(store_dir: &Path, size: u64) -> Result<PoolKind> {
     let kind = kind_of(store_dir)?;
     let mount = store_dir.join(MOUNT_NAME);
-    create_dir(&mount)?;
     if kind == PoolKind::Direct {
+        create_dir(&mount)?;
         return Ok(kind);
     }
 
-    if size < MIN_SIZE {
-        return Err(PoolError::TooSmall { size });
-    }
+    check_size(store_dir, size)?;
     if !loopdev::is_available() {
         return Err(PoolError::NoLoopDevices);
     }
     let image = store_dir.join(IMAGE_NAME);
-    let created = OpenOptions::new()
+    if image.exists() {
+        return Err(PoolError::ImageWithoutStore { path: image });
+    }
+    // The image is made and formatted under another name and renamed when
+    // complete, so a crash never leaves a half-made `pool.img`. A leftover
+    // partial image is this function's own and is replaced.
+    let partial = store_dir.join(PARTIAL_IMAGE_NAME);
+    let _ = std::fs::remove_file(&partial);
+    let made = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&image)
-        .and_then(|file| file.set_len(size));
-    if let Err(source) = created {
-        let _ = std::fs::remove_file(&image);
-        return Err(PoolError::CreateImage {
-            path: image,
+        .open(&partial)
+        .and_then(|file| file.set_len(size))
+        .map_err(|source| PoolError::CreateImage {
+            path: partial.clone(),
             source,
+        })
+        .and_then(|()| format(&partial))
+        .and_then(|()| {
+            std::fs::rename(&partial, &image).map_err(|source| PoolError::CreateImage {
+                path: image.clone(),
+                source,
+            })
         });
+    if let Err(error) = made {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error);
     }
-    // Remove the image again if formatting or mounting fails, so that the
-    // next attempt starts from an empty directory.
-    let result = format(&image).and_then(|()| mount_image(&image, &mount));
-    if result.is_err() {
+    // This call made the image, so it may remove it again when mounting
+    // fails and leave the directory as it found it.
+    let mounted = create_dir(&mount).and_then(|()| mount_image(&image, &mount));
+    if mounted.is_err() {
         let _ = std::fs::remove_file(&image);
+        let _ = std::fs::remove_dir(&mount);
     }
-    result.map(|()| kind)
+    mounted.map(|()| kind)
+}
+
+/// Checks that an image of `size` bytes fits the rules and the filesystem
+/// that would hold it, the nearest existing ancestor of `store_dir`.
+pub fn check_size(store_dir: &Path, size: u64) -> Result<()> {
+    if size < MIN_SIZE {
+        return Err(PoolError::TooSmall { size });
+    }
+    let existing = nearest_existing(store_dir);
+    let stat = nix::sys::statvfs::statvfs(existing).map_err(|errno| PoolError::Statfs {
+        path: existing.into(),
+        source: errno.into(),
+    })?;
+    // The image is sparse, so its size may exceed the free space, but not
+    // the whole filesystem: writes past that fail as I/O errors in btrfs.
+    let limit = stat.blocks() * stat.fragment_size();
+    if size > limit {
+        return Err(PoolError::TooLarge { size, limit });
+    }
+    Ok(())
 }
 
 /// Makes sure the pool of `store_dir` is mounted, attaching and mounting an
@@ -240,6 +283,8 @@ pub fn grow(store_dir: &Path, new_size: u64) -> Result<()> {
         .open(&image)
         .map_err(grow_error)?;
     let current = file.metadata().map_err(grow_error)?.len();
+    let new_size = new_size.div_ceil(4096).saturating_mul(4096);
+    check_size(store_dir, new_size)?;
     if new_size <= current {
         return Err(PoolError::NotLarger {
             requested: new_size,
@@ -255,6 +300,14 @@ pub fn grow(store_dir: &Path, new_size: u64) -> Result<()> {
     let mount = File::open(store_dir.join(MOUNT_NAME)).map_err(grow_error)?;
     // A pool made by `create` has exactly one device, with devid 1.
     btrfs::resize_to_max(&mount, 1).map_err(grow_error)
+}
+
+/// Returns `dir` or its nearest ancestor that exists, whose filesystem a
+/// new store in `dir` would use.
+fn nearest_existing(dir: &Path) -> &Path {
+    dir.ancestors()
+        .find(|dir| dir.exists())
+        .unwrap_or(Path::new("/"))
 }
 
 fn create_dir(path: &Path) -> Result<()> {

@@ -52,8 +52,14 @@ pub enum RootfsError {
         "source directory `{path}` contains the store; copying it would copy the store into itself"
     )]
     SourceContainsStore { path: PathBuf },
+    #[error("source directory `{path}` is inside the store")]
+    SourceInsideStore { path: PathBuf },
     #[error("archive `{path}` not found")]
     ArchiveMissing { path: PathBuf },
+    #[error("archive `{path}` is a directory; use --from-dir for directories")]
+    ArchiveIsDirectory { path: PathBuf },
+    #[error("`{path}` is not a valid tar archive: {detail}")]
+    InvalidArchive { path: PathBuf, detail: String },
     #[error("`{tool}` is not installed")]
     ToolMissing { tool: &'static str },
     #[error("`{tool}` failed: {detail}")]
@@ -100,9 +106,16 @@ pub fn check(source: &RootSource, store_dir: &Path) -> Result<()> {
             if store.starts_with(&source) {
                 return Err(RootfsError::SourceContainsStore { path: path.clone() });
             }
+            if source.starts_with(&store) {
+                return Err(RootfsError::SourceInsideStore { path: path.clone() });
+            }
             Ok(())
         }
-        RootSource::Tar(path) if path.as_os_str() != "-" && !path.is_file() => {
+        RootSource::Tar(path) if path.as_os_str() != "-" && path.is_dir() => {
+            Err(RootfsError::ArchiveIsDirectory { path: path.clone() })
+        }
+        // Any readable non-directory will do: files, fifos, `<(...)`.
+        RootSource::Tar(path) if path.as_os_str() != "-" && !path.exists() => {
             Err(RootfsError::ArchiveMissing { path: path.clone() })
         }
         RootSource::Tar(_) => Ok(()),
@@ -358,7 +371,29 @@ fn unpack_tar(path: &Path, dest: &Path, progress: &dyn Fn(Progress)) -> Result<(
     }
     drop(stdin);
     // A write error means tar stopped reading; its own message explains why.
-    finish("tar", child)
+    match finish("tar", child) {
+        Err(RootfsError::ToolFailed { detail, .. }) if is_archive_error(&detail) => {
+            Err(RootfsError::InvalidArchive {
+                path: path.into(),
+                detail,
+            })
+        }
+        result => result,
+    }
+}
+
+/// Returns whether GNU tar's message (under the C locale) blames the
+/// archive itself rather than the system.
+fn is_archive_error(detail: &str) -> bool {
+    const SIGNS: [&str; 6] = [
+        "does not look like a tar archive",
+        "Unexpected EOF",
+        "Skipping to next header",
+        "not in gzip format",
+        "File format not recognized",
+        "Unknown frame descriptor",
+    ];
+    SIGNS.iter().any(|sign| detail.contains(sign))
 }
 
 fn debootstrap(suite: &str, dest: &Path, progress: &dyn Fn(Progress)) -> Result<()> {
@@ -457,6 +492,7 @@ fn tool_failed(tool: &'static str, stderr: &str, status: std::process::ExitStatu
 }
 
 fn run_captured(tool: &'static str, command: &mut Command) -> Result<Vec<u8>> {
+    crate::sys::kill_with_parent(command);
     let output = command
         .env("LC_ALL", "C")
         .stdin(Stdio::null())

@@ -29,7 +29,9 @@
 //! # Limitations
 //!
 //! - Store paths must not contain symlinks that change while a command runs.
-//! - A world that holds nested subvolumes of its own is deleted with them.
+//! - Subvolumes nested inside a world are not part of its snapshots: a
+//!   child sees an empty directory where its parent has one, and a diff
+//!   shows only the directory. Deleting the world deletes them too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -70,6 +72,10 @@ pub enum StoreError {
     NoStore { dir: PathBuf },
     #[error("create store directory `{path}`")]
     CreateDir { path: PathBuf, source: io::Error },
+    #[error("store path `{path}` exists and is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("store path `{dir}` is inside the pool of the store `{outer}`")]
+    InsideStore { dir: PathBuf, outer: PathBuf },
     #[error("store `{dir}` has layout version {found}, newer than the {LAYOUT_VERSION} this build knows; upgrade worlds")]
     LayoutTooNew { dir: PathBuf, found: String },
     #[error("take the store lock `{path}`")]
@@ -103,6 +109,8 @@ pub enum StoreError {
     CreateSubvolume { path: PathBuf, source: io::Error },
     #[error("delete subvolume `{path}`")]
     DeleteSubvolume { path: PathBuf, source: io::Error },
+    #[error("`{path}` is not a btrfs subvolume; it is left alone")]
+    NotSubvolume { path: PathBuf },
     #[error("fill root world `{name}`")]
     Fill {
         name: WorldName,
@@ -144,11 +152,16 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Cleanup {
-    /// A subvolume without a record, left by an interrupted command, was
+    /// A subvolume that an interrupted command made or was removing was
     /// deleted. The path is relative to the pool.
     Removed { path: PathBuf },
     /// A recorded world's subvolume is missing; the record is kept.
     Missing { path: PathBuf },
+    /// An entry of the pool that no record or intent claims; it is left
+    /// alone.
+    Unknown { path: PathBuf },
+    /// A leftover that could not be removed; the next command tries again.
+    NotRemoved { path: PathBuf, error: String },
 }
 
 /// Everything known about one world, for `world show`.
@@ -269,12 +282,24 @@ impl Store {
     /// Creates a store in `dir`, or opens the one there.
     ///
     /// A new store on a filesystem other than btrfs gets a pool image of
-    /// `pool_size` bytes, or [`pool::default_size`] when `None`.
+    /// `pool_size` bytes, or [`pool::default_size`] when `None`. A failed
+    /// creation removes what it made.
     pub fn create(dir: &Path, pool_size: Option<u64>) -> Result<(Self, Vec<Cleanup>)> {
         check_root()?;
         if Self::exists(dir) {
             return Self::open(dir);
         }
+        check_store_dir(dir)?;
+        let size = match pool_size {
+            Some(size) => size,
+            None => pool::default_size(dir)?,
+        };
+        if pool::kind_of(dir)? == pool::PoolKind::Image {
+            pool::check_size(dir, size)?;
+        }
+
+        let created_dir = !dir.exists();
+        let image_existed = dir.join(pool::IMAGE_NAME).exists();
         fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.into(),
             source,
@@ -285,28 +310,13 @@ impl Store {
             drop(lock);
             return Self::open(dir);
         }
-
-        let size = match pool_size {
-            Some(size) => size,
-            None => pool::default_size(dir)?,
-        };
-        let kind = pool::create(dir, size)?;
-        let pool = dir.join(pool::MOUNT_NAME);
-        for sub in [WORLDS_DIR, BASES_DIR, TMP_DIR] {
-            create_dir(&pool.join(sub))?;
-        }
-        // The database is created last: its presence marks a finished store.
-        let mut db = Db::open(&dir.join(DB_NAME))?;
-        let writer = db.transaction()?;
-        writer.set_meta("layout", &LAYOUT_VERSION.to_string())?;
-        writer.log(
-            "store-create",
-            None,
-            &serde_json::json!({ "dir": dir, "pool": kind, "pool_size": size }),
-        )?;
-        writer.commit()?;
-        tracing::info!(dir = %dir.display(), "store created");
+        let made = create_layout(dir, size);
         drop(lock);
+        if let Err(error) = made {
+            remove_partial_store(dir, created_dir, image_existed);
+            return Err(error);
+        }
+        tracing::info!(dir = %dir.display(), "store created");
         Self::open(dir)
     }
 
@@ -317,16 +327,24 @@ impl Store {
         if !Self::exists(dir) {
             return Err(StoreError::NoStore { dir: dir.into() });
         }
-        let db = Db::open(&dir.join(DB_NAME))?;
-        if let Some(found) = db.meta("layout")? {
-            if found
-                .parse::<u32>()
-                .map_or(true, |found| found > LAYOUT_VERSION)
-            {
+        let db = Db::open(&dir.join(DB_NAME), false)?;
+        let Some(found) = db.meta("layout")? else {
+            return Err(StoreError::Db(DbError::NotInitialized {
+                path: dir.join(DB_NAME),
+            }));
+        };
+        match found.parse::<u32>() {
+            Ok(version) if version <= LAYOUT_VERSION => {}
+            Ok(_) => {
                 return Err(StoreError::LayoutTooNew {
                     dir: dir.into(),
                     found,
-                });
+                })
+            }
+            Err(_) => {
+                return Err(StoreError::Db(DbError::NotInitialized {
+                    path: dir.join(DB_NAME),
+                }))
             }
         }
         let mut store = Self {
@@ -467,7 +485,7 @@ impl Store {
         rootfs::check(source, &self.dir).map_err(fill_error)?;
         self.check_free(name)?;
 
-        let tmp_name = format!("{IMPORT_PREFIX}{}.{name}", std::process::id());
+        let tmp_name = format!("{IMPORT_PREFIX}{}.{name}", own_token());
         let tmp_path = self.pool.join(TMP_DIR).join(&tmp_name);
         let tmp_dir = open_dir(&self.pool.join(TMP_DIR))?;
         btrfs::create_subvolume(&tmp_dir, OsStr::new(&tmp_name)).map_err(|source| {
@@ -499,6 +517,8 @@ impl Store {
     ) -> Result<WorldRecord> {
         self.check_free(name)?;
         let path = self.world_path(name);
+        let intent = pool_relative(WORLDS_DIR, name);
+        self.add_intents(&[&intent], "init")?;
         fs::rename(tmp_path, &path).map_err(|source| StoreError::Move {
             from: tmp_path.into(),
             to: path.clone(),
@@ -513,9 +533,10 @@ impl Store {
                 suite: suite.clone(),
             },
         };
-        let recorded = self.record_world(name, None, &source, "init");
+        let recorded = self.record_world(name, None, &source, "init", &[&intent]);
         if recorded.is_err() {
             remove_quietly(&path);
+            self.clear_intents_quietly(&[&intent]);
         }
         let record = recorded?;
         tracing::info!(world = %name, "root world created");
@@ -544,23 +565,39 @@ impl Store {
         let worlds = open_dir(&self.pool.join(WORLDS_DIR))?;
         let base_path = self.base_path(child);
         let child_path = self.world_path(child);
-        btrfs::snapshot(&parent_dir, &bases, OsStr::new(child.as_str()), true)
-            .map_err(snapshot_error)?;
+        let intents = [
+            pool_relative(BASES_DIR, child),
+            pool_relative(WORLDS_DIR, child),
+        ];
+        let intents: Vec<&str> = intents.iter().map(String::as_str).collect();
+        self.add_intents(&intents, "create")?;
+        let snapped = btrfs::snapshot(&parent_dir, &bases, OsStr::new(child.as_str()), true);
+        if let Err(error) = snapped {
+            self.clear_intents_quietly(&intents);
+            return Err(snapshot_error(error));
+        }
         let made = File::open(&base_path)
             .and_then(|base| btrfs::snapshot(&base, &worlds, OsStr::new(child.as_str()), false));
         if let Err(error) = made {
             remove_quietly(&base_path);
+            self.clear_intents_quietly(&intents);
             return Err(snapshot_error(error));
         }
         if self.crash_point == Some(CrashPoint::AfterSnapshot) {
             std::process::abort();
         }
 
-        let recorded =
-            self.record_world(child, Some(parent_record.id), &Source::Snapshot, "create");
+        let recorded = self.record_world(
+            child,
+            Some(parent_record.id),
+            &Source::Snapshot,
+            "create",
+            &intents,
+        );
         if recorded.is_err() {
             remove_quietly(&child_path);
             remove_quietly(&base_path);
+            self.clear_intents_quietly(&intents);
         }
         let record = recorded?;
         tracing::info!(world = %child, parent = %parent, "child world created");
@@ -573,6 +610,7 @@ impl Store {
         parent_id: Option<i64>,
         source: &Source,
         kind: &str,
+        intents: &[&str],
     ) -> Result<WorldRecord> {
         let parent = match parent_id {
             Some(_) => self.worlds()?.into_iter().find(|w| Some(w.id) == parent_id),
@@ -586,8 +624,35 @@ impl Store {
         let writer = self.db.transaction()?;
         let operation = writer.log(kind, Some(name), &args)?;
         writer.insert_world(name, parent_id, operation, source)?;
+        for intent in intents {
+            writer.clear_intent(intent)?;
+        }
         writer.commit()?;
         self.world(name)
+    }
+
+    /// Records, before touching the pool, which subvolumes a command is
+    /// about to make or remove, so that reconcile may remove exactly those
+    /// after a crash.
+    fn add_intents(&mut self, paths: &[&str], kind: &str) -> Result<()> {
+        let writer = self.db.transaction()?;
+        for path in paths {
+            writer.add_intent(path, kind)?;
+        }
+        writer.commit()?;
+        Ok(())
+    }
+
+    fn clear_intents_quietly(&mut self, paths: &[&str]) {
+        let cleared = self.db.transaction().and_then(|writer| {
+            for path in paths {
+                writer.clear_intent(path)?;
+            }
+            writer.commit()
+        });
+        if let Err(error) = cleared {
+            tracing::warn!(error = %error, "could not clear intents; the next command removes their subvolumes");
+        }
     }
 
     /// Deletes world `name` with its base and records, and returns the names
@@ -621,11 +686,19 @@ impl Store {
             });
         }
 
-        // Records go first: once they are committed the worlds are gone for
-        // every reader, and subvolumes that fail to go are orphans that the
-        // next command's reconcile removes.
+        // Records go first, with intents for the subvolumes: once they are
+        // committed the worlds are gone for every reader, and subvolumes that
+        // fail to go are removed by the next command's reconcile.
         let ids: BTreeMap<&WorldName, i64> = all.iter().map(|w| (&w.name, w.id)).collect();
+        let mut intents = Vec::new();
+        for doomed_name in &doomed {
+            intents.push(pool_relative(WORLDS_DIR, doomed_name));
+            intents.push(pool_relative(BASES_DIR, doomed_name));
+        }
         let writer = self.db.transaction()?;
+        for intent in &intents {
+            writer.add_intent(intent, "delete")?;
+        }
         writer.log(
             "delete",
             Some(name),
@@ -644,15 +717,57 @@ impl Store {
             }
             tracing::info!(world = %doomed_name, "world deleted");
         }
+        let intents: Vec<&str> = intents.iter().map(String::as_str).collect();
+        self.clear_intents_quietly(&intents);
         Ok(doomed)
     }
 
-    /// Cleans up after interrupted commands: deletes subvolumes that no
-    /// record claims, and reports records whose subvolume is missing.
+    /// Cleans up after interrupted commands and reports what it found.
+    ///
+    /// It removes the subvolumes that an interrupted command recorded as
+    /// intents, and leftovers in `tmp/` of processes that are gone. Anything
+    /// else in the pool that no record claims is reported, never removed:
+    /// it may be a world that a database restored from a backup does not
+    /// know. A failure to remove one entry is reported too, and does not
+    /// stop the command.
     ///
     /// The caller must hold the store lock: without it, a subvolume that
     /// another command is about to record would look orphaned.
     pub fn reconcile(&mut self) -> Result<Vec<Cleanup>> {
+        let mut cleanups = Vec::new();
+        let mut removed = Vec::new();
+
+        for (path, _kind) in self.db.intents()? {
+            let host = self.pool.join(&path);
+            if host.exists() {
+                if let Err(error) = remove_subvolume(&host) {
+                    cleanups.push(Cleanup::NotRemoved {
+                        path: path.into(),
+                        error: error_chain(&error),
+                    });
+                    continue;
+                }
+                tracing::info!(path = %path, "subvolume of an interrupted command removed");
+                removed.push(PathBuf::from(&path));
+            }
+            let writer = self.db.transaction()?;
+            writer.clear_intent(&path)?;
+            writer.commit()?;
+        }
+        for entry in self.list(TMP_DIR)? {
+            if in_progress(&entry) {
+                continue;
+            }
+            let path = Path::new(TMP_DIR).join(&entry);
+            match remove_subvolume(&self.pool.join(&path)) {
+                Ok(()) => removed.push(path),
+                Err(error) => cleanups.push(Cleanup::NotRemoved {
+                    path,
+                    error: error_chain(&error),
+                }),
+            }
+        }
+
         let worlds = self.worlds()?;
         let names: BTreeSet<&str> = worlds.iter().map(|w| w.name.as_str()).collect();
         let with_base: BTreeSet<&str> = worlds
@@ -660,27 +775,15 @@ impl Store {
             .filter(|w| w.parent.is_some())
             .map(|w| w.name.as_str())
             .collect();
-        let mut cleanups = Vec::new();
-
-        let mut orphans = Vec::new();
         for (dir, claimed) in [(WORLDS_DIR, &names), (BASES_DIR, &with_base)] {
             for entry in self.list(dir)? {
                 if !claimed.contains(entry.as_str()) {
-                    orphans.push(Path::new(dir).join(entry));
+                    cleanups.push(Cleanup::Unknown {
+                        path: Path::new(dir).join(entry),
+                    });
                 }
             }
         }
-        for entry in self.list(TMP_DIR)? {
-            if !in_progress(&entry) {
-                orphans.push(Path::new(TMP_DIR).join(entry));
-            }
-        }
-        for orphan in orphans {
-            remove_subvolume(&self.pool.join(&orphan))?;
-            tracing::info!(path = %orphan.display(), "orphaned subvolume removed");
-            cleanups.push(Cleanup::Removed { path: orphan });
-        }
-
         for world in &worlds {
             let mut expected = vec![Path::new(WORLDS_DIR).join(world.name.as_str())];
             if world.parent.is_some() {
@@ -693,20 +796,21 @@ impl Store {
             }
         }
 
-        let removed: Vec<&Cleanup> = cleanups
-            .iter()
-            .filter(|cleanup| matches!(cleanup, Cleanup::Removed { .. }))
-            .collect();
         if !removed.is_empty() {
             let writer = self.db.transaction()?;
             writer.log(
                 "reconcile",
                 None,
-                &serde_json::json!({ "cleaned": removed }),
+                &serde_json::json!({ "removed": removed }),
             )?;
             writer.commit()?;
         }
-        Ok(cleanups)
+        let mut all: Vec<Cleanup> = removed
+            .into_iter()
+            .map(|path| Cleanup::Removed { path })
+            .collect();
+        all.extend(cleanups);
+        Ok(all)
     }
 
     /// Returns the changes that child world `name` made since its base.
@@ -748,7 +852,7 @@ impl Store {
             .map_err(diff_error)?
             .otransid;
 
-        let tmp_name = format!("{DIFF_PREFIX}{}.{subject}", std::process::id());
+        let tmp_name = format!("{DIFF_PREFIX}{}.{subject}", own_token());
         let snapshot = self.pool.join(TMP_DIR).join(&tmp_name);
         File::open(self.world_path(&subject))
             .and_then(|source| {
@@ -813,7 +917,9 @@ fn descendants_deepest_first(worlds: &[WorldRecord], name: &WorldName) -> Vec<Wo
 }
 
 /// Returns whether a `tmp/` entry belongs to a live process: a root world
-/// it is filling or a snapshot it is diffing.
+/// it is filling or a snapshot it is diffing. Entries are named
+/// `PREFIX.PID-START.NAME` after [`crate::sys::process_token`], so a pid
+/// reused by another process does not keep them.
 fn in_progress(entry: &str) -> bool {
     let Some(rest) = entry
         .strip_prefix(IMPORT_PREFIX)
@@ -821,13 +927,39 @@ fn in_progress(entry: &str) -> bool {
     else {
         return false;
     };
-    let Some((pid, _)) = rest.split_once('.') else {
+    let Some((token, _)) = rest.split_once('.') else {
         return false;
     };
-    let Ok(pid) = pid.parse::<u32>() else {
+    let Some(pid) = token
+        .split_once('-')
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+    else {
         return false;
     };
-    pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+    pid != std::process::id() && crate::sys::process_token(pid).as_deref() == Some(token)
+}
+
+/// Returns this process's token for `tmp/` names.
+fn own_token() -> String {
+    let pid = std::process::id();
+    crate::sys::process_token(pid).unwrap_or_else(|| format!("{pid}-0"))
+}
+
+/// Returns the pool-relative path of `name` in `dir`, as intents store it.
+fn pool_relative(dir: &str, name: &WorldName) -> String {
+    format!("{dir}/{name}")
+}
+
+/// Returns an error and its causes as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn check_root() -> Result<()> {
@@ -877,8 +1009,11 @@ fn open_dir(path: &Path) -> Result<File> {
     })
 }
 
-/// Deletes the subvolume at `path` with any subvolumes nested in it, or the
-/// plain directory tree there.
+/// Deletes the subvolume at `path` with any subvolumes nested in it.
+///
+/// Anything that is not a subvolume is refused, so a stray file or a plain
+/// directory is never removed recursively, and nothing mounted inside the
+/// subvolume is entered: the deletion then fails with EBUSY.
 fn remove_subvolume(path: &Path) -> Result<()> {
     let delete_error = |source| StoreError::DeleteSubvolume {
         path: path.into(),
@@ -886,7 +1021,7 @@ fn remove_subvolume(path: &Path) -> Result<()> {
     };
     let is_subvolume = btrfs::is_subvolume(path).map_err(delete_error)?;
     if !is_subvolume {
-        return fs::remove_dir_all(path).map_err(delete_error);
+        return Err(StoreError::NotSubvolume { path: path.into() });
     }
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(delete_error(io::Error::from_raw_os_error(libc::EINVAL)));
@@ -903,8 +1038,75 @@ fn remove_subvolume(path: &Path) -> Result<()> {
     }
 }
 
+/// Checks that `dir` can hold a new store: a directory or nothing yet, and
+/// not inside the pool of another store.
+fn check_store_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(StoreError::NotADirectory { path: dir.into() });
+    }
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for outer in absolute.ancestors().skip(1) {
+        if outer.join(DB_NAME).is_file() && absolute.starts_with(outer.join(pool::MOUNT_NAME)) {
+            return Err(StoreError::InsideStore {
+                dir: dir.into(),
+                outer: outer.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Makes the pool, its directories and the database of a new store. The
+/// database is written under another name and renamed last, so its presence
+/// marks a finished store.
+fn create_layout(dir: &Path, size: u64) -> Result<()> {
+    let kind = pool::create(dir, size)?;
+    let pool_dir = dir.join(pool::MOUNT_NAME);
+    for sub in [WORLDS_DIR, BASES_DIR, TMP_DIR] {
+        create_dir(&pool_dir.join(sub))?;
+    }
+    let partial = dir.join(format!("{DB_NAME}.partial"));
+    let _ = fs::remove_file(&partial);
+    let mut db = Db::open(&partial, true)?;
+    let writer = db.transaction()?;
+    writer.set_meta("layout", &LAYOUT_VERSION.to_string())?;
+    writer.log(
+        "store-create",
+        None,
+        &serde_json::json!({ "dir": dir, "pool": kind, "pool_size": size }),
+    )?;
+    writer.commit()?;
+    // Closing checkpoints the WAL into the file, so the rename moves it all.
+    drop(db);
+    fs::rename(&partial, dir.join(DB_NAME)).map_err(|source| StoreError::CreateDir {
+        path: dir.join(DB_NAME),
+        source,
+    })
+}
+
+/// Removes what a failed `create_layout` made, without touching anything
+/// else that may be in the directory.
+fn remove_partial_store(dir: &Path, created_dir: bool, image_existed: bool) {
+    if image_existed {
+        // Not this command's image: leave it and its mount alone.
+        let _ = fs::remove_file(dir.join(format!("{DB_NAME}.partial")));
+        return;
+    }
+    let _ = pool::unmount(dir);
+    let _ = fs::remove_file(dir.join(pool::IMAGE_NAME));
+    for sub in [WORLDS_DIR, BASES_DIR, TMP_DIR] {
+        let _ = fs::remove_dir(dir.join(pool::MOUNT_NAME).join(sub));
+    }
+    let _ = fs::remove_dir(dir.join(pool::MOUNT_NAME));
+    let _ = fs::remove_file(dir.join(format!("{DB_NAME}.partial")));
+    if created_dir {
+        let _ = fs::remove_file(dir.join(LOCK_NAME));
+        let _ = fs::remove_dir(dir);
+    }
+}
+
 /// Returns the subvolumes directly nested in the subvolume at `root`,
-/// without descending into them.
+/// without descending into them or into anything mounted below `root`.
 fn nested_subvolumes(root: &Path) -> io::Result<Vec<PathBuf>> {
     use std::os::unix::fs::MetadataExt;
     let device = fs::symlink_metadata(root)?.dev();
@@ -914,12 +1116,15 @@ fn nested_subvolumes(root: &Path) -> io::Result<Vec<PathBuf>> {
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             let metadata = entry.metadata()?;
-            if !metadata.is_dir() {
+            if !metadata.is_dir() || crate::sys::fs::is_mount_root(&entry.path())? {
                 continue;
             }
-            // Each subvolume has a device number of its own.
+            // A nested subvolume is a directory with a device number of its
+            // own that is not a mount.
             if metadata.dev() != device {
-                found.push(entry.path());
+                if btrfs::is_subvolume(&entry.path())? {
+                    found.push(entry.path());
+                }
             } else {
                 pending.push(entry.path());
             }
@@ -970,13 +1175,17 @@ mod tests {
 
     #[test]
     fn tmp_entries_of_live_processes_kept() {
-        let parent = std::os::unix::process::parent_id();
-        let own = std::process::id();
+        let parent = crate::sys::process_token(std::os::unix::process::parent_id()).unwrap();
+        let (parent_pid, _) = parent.split_once('-').unwrap();
         assert!(in_progress(&format!("import.{parent}.web")));
         assert!(in_progress(&format!("diff.{parent}.web")));
-        assert!(!in_progress(&format!("import.{own}.web")));
-        assert!(!in_progress("import.999999999.web"));
-        assert!(!in_progress("deleted.1.worlds.web"));
+        assert!(
+            !in_progress(&format!("import.{parent_pid}-1.web")),
+            "a reused pid"
+        );
+        assert!(!in_progress(&format!("import.{}.web", own_token())));
+        assert!(!in_progress("import.999999999-5.web"));
+        assert!(!in_progress("merge.1.base"));
         assert!(!in_progress("import.x.web"));
     }
 }

@@ -245,7 +245,7 @@ fn from_tar_rejects_garbage() {
         matches!(
             error,
             StoreError::Fill {
-                source: RootfsError::ToolFailed { tool: "tar", .. },
+                source: RootfsError::InvalidArchive { .. },
                 ..
             }
         ),

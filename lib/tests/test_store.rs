@@ -236,14 +236,15 @@ fn concurrent_create_one_wins() {
 }
 
 #[test]
-fn orphans_removed_on_open() {
+fn unknown_subvolumes_kept_and_reported() {
     let fixture = TestStore::new();
     let mut store = fixture.open();
     store
         .create_root(&name("root"), &busybox(), &|_| {})
         .unwrap();
-    // What a crash between snapshot and record leaves: snapshots without a
-    // record, and a half-filled import of a process that is gone.
+    // Subvolumes that no record or intent claims, as a database restored
+    // from an older backup would see them, a stray file, and a half-filled
+    // import of a process that is gone.
     let source = fs::File::open(store.world_path(&name("root"))).unwrap();
     let pool = fixture.dir.join("pool");
     let worlds = fs::File::open(pool.join("worlds")).unwrap();
@@ -251,25 +252,79 @@ fn orphans_removed_on_open() {
     let tmp = fs::File::open(pool.join("tmp")).unwrap();
     btrfs::snapshot(&source, &bases, "ghost".as_ref(), true).unwrap();
     btrfs::snapshot(&source, &worlds, "ghost".as_ref(), false).unwrap();
-    btrfs::create_subvolume(&tmp, "import.999999999.half".as_ref()).unwrap();
+    btrfs::create_subvolume(&tmp, "import.999999999-1.half".as_ref()).unwrap();
+    fs::write(pool.join("worlds/stray"), "not a world").unwrap();
     drop(store);
 
-    let (mut store, cleanups) = Store::open(&fixture.dir).unwrap();
-    let removed: Vec<String> = cleanups
-        .iter()
-        .map(|cleanup| match cleanup {
-            Cleanup::Removed { path } => path.display().to_string(),
-            Cleanup::Missing { path } => panic!("unexpected missing {}", path.display()),
-        })
-        .collect();
+    let (store, cleanups) = Store::open(&fixture.dir).unwrap();
     assert_eq!(
-        removed,
-        ["worlds/ghost", "bases/ghost", "tmp/import.999999999.half"]
+        cleanups,
+        [
+            Cleanup::Removed {
+                path: "tmp/import.999999999-1.half".into()
+            },
+            Cleanup::Unknown {
+                path: "worlds/ghost".into()
+            },
+            Cleanup::Unknown {
+                path: "worlds/stray".into()
+            },
+            Cleanup::Unknown {
+                path: "bases/ghost".into()
+            },
+        ]
     );
-    assert!(!pool.join("worlds/ghost").exists());
+    assert!(pool.join("worlds/ghost").exists());
+    assert!(pool.join("worlds/stray").exists());
     assert_eq!(store.operations(1).unwrap()[0].kind, "reconcile");
-    // The name is free again.
-    store.create_child(&name("ghost"), &name("root")).unwrap();
+    // Commands still work around them.
+    assert_eq!(store.worlds().unwrap().len(), 1);
+}
+
+#[test]
+fn delete_keeps_bind_mounted_host_files() {
+    let fixture = TestStore::new();
+    let mut store = fixture.open();
+    store
+        .create_root(&name("root"), &busybox(), &|_| {})
+        .unwrap();
+    store.create_child(&name("a"), &name("root")).unwrap();
+    let host = fixture.scratch().join("host");
+    fs::create_dir_all(host.join("sub")).unwrap();
+    fs::write(host.join("sub/keep.txt"), "important").unwrap();
+    let world = store.world_path(&name("a"));
+    btrfs::create_subvolume(
+        &fs::File::open(world.join("tmp")).unwrap(),
+        "nested".as_ref(),
+    )
+    .unwrap();
+    fs::create_dir(world.join("mnt")).unwrap();
+    let mount = world.join("mnt");
+    nix::mount::mount(
+        Some(&host),
+        &mount,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+
+    // Whether btrfs deletes the subvolume under the mount or refuses with
+    // EBUSY, the files of the mounted host directory must stay.
+    let deleted = store.delete(&name("a"), &DeleteOptions::default());
+    let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+    assert_eq!(
+        fs::read_to_string(host.join("sub/keep.txt")).unwrap(),
+        "important"
+    );
+    if deleted.is_err() {
+        let (_, cleanups) = Store::open(&fixture.dir).unwrap();
+        let removed = Cleanup::Removed {
+            path: "worlds/a".into(),
+        };
+        assert!(cleanups.contains(&removed), "{cleanups:?}");
+    }
+    assert!(!world.exists());
 }
 
 #[test]
@@ -353,13 +408,13 @@ fn open_without_store_fails() {
 
 #[test]
 fn store_on_btrfs_used_directly() {
+    // A btrfs filesystem that is no store's pool: a bare pool image,
+    // unmounted when the fixture is dropped.
     let fixture = TestStore::new();
-    let mut outer = fixture.open();
-    outer
-        .create_root(&name("holder"), &busybox(), &|_| {})
-        .unwrap();
+    fs::create_dir_all(&fixture.dir).unwrap();
+    worlds::pool::create(&fixture.dir, crate::common::POOL_SIZE).unwrap();
     // A store whose directory is already on btrfs gets no image of its own.
-    let inner_dir = outer.world_path(&name("holder")).join("var/lib/inner");
+    let inner_dir = fixture.dir.join("pool/var/lib/inner");
     let (mut inner, _) = Store::create(&inner_dir, None).unwrap();
     assert!(!inner_dir.join("pool.img").exists());
     assert_eq!(

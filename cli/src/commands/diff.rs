@@ -96,17 +96,18 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             .into());
         }
     }
+    let filters = args
+        .paths
+        .iter()
+        .map(|path| WorldPath::parse(path.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
     let options = DiffOptions {
         method: if args.full_walk {
             Method::Walk
         } else {
             Method::Fast
         },
-        filters: args
-            .paths
-            .iter()
-            .map(|path| WorldPath::from_bytes(path.as_bytes()))
-            .collect(),
+        filters,
     };
 
     let world_view = store.open_diff(&args.name, DiffSubject::World)?;

@@ -56,9 +56,13 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             binary: BUSYBOX_BINARY.into(),
         }
     } else if let Some(dir) = args.from_dir {
-        RootSource::Directory(dir)
+        RootSource::Directory(absolute(dir))
     } else if let Some(file) = args.from_tar {
-        RootSource::Tar(file)
+        RootSource::Tar(if file.as_os_str() == "-" {
+            file
+        } else {
+            absolute(file)
+        })
     } else if let Some(suite) = args.debootstrap {
         RootSource::Debootstrap { suite }
     } else {
@@ -75,6 +79,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             format_args!("created store `{}`", context.store_dir.display()),
         );
     }
+    store.set_crash_point(context.crash_point);
     let display = ui::ProgressDisplay::new(context.quiet || args.json);
     let record = store.create_root(&args.name, &source, &|progress| display.report(progress))?;
     drop(display);
@@ -91,6 +96,12 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         ),
     );
     Ok(ui::EXIT_OK)
+}
+
+/// Returns `path` made absolute, so that the record names it wherever the
+/// command ran.
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// Parses a size such as `20G` for clap.

@@ -26,7 +26,11 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         .context("find the path of this binary")?;
     if !args.dir.is_dir() {
         return Err(ui::UsageError {
-            message: format!("directory `{}` not found", args.dir.display()),
+            message: if args.dir.exists() {
+                format!("`{}` is not a directory", args.dir.display())
+            } else {
+                format!("directory `{}` not found", args.dir.display())
+            },
             hint: Some(
                 "create it first, or name an existing directory such as /usr/local/bin".into(),
             ),

@@ -94,6 +94,14 @@ pub fn report_cleanups(cleanups: &[Cleanup]) {
                 "removed `{}`, left in the pool by an interrupted command",
                 path.display()
             )),
+            Cleanup::Unknown { path } => ui::warning(format_args!(
+                "`{}` in the pool belongs to no world in the database and is left alone; move it away, or restore the database that records it",
+                path.display()
+            )),
+            Cleanup::NotRemoved { path, error } => ui::warning(format_args!(
+                "could not remove `{}`, left by an interrupted command: {error}; the next command tries again",
+                path.display()
+            )),
             Cleanup::Missing { path } => ui::warning(format_args!(
                 "subvolume `{}` of a recorded world is missing from the pool; `world delete` removes the record",
                 path.display()

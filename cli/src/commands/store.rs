@@ -116,6 +116,13 @@ fn grow(args: GrowArgs, context: &Context) -> anyhow::Result<u8> {
 fn unmount(context: &Context) -> anyhow::Result<u8> {
     let store = context.open_store()?;
     let lock = store.lock()?;
+    if store.pool_info()?.kind == PoolKind::Direct {
+        ui::status(
+            context.quiet,
+            "the pool is a directory on the store's btrfs; nothing to unmount",
+        );
+        return Ok(ui::EXIT_OK);
+    }
     worlds::pool::unmount(store.dir())?;
     drop(lock);
     ui::status(context.quiet, "unmounted the pool");

@@ -181,3 +181,27 @@ pub fn extents(file: &File) -> io::Result<Vec<Extent>> {
         map.length = u64::MAX - map.start;
     }
 }
+
+/// Returns whether `path` is the root of a mount, such as a bind mount
+/// inside a world (`STATX_ATTR_MOUNT_ROOT`, Linux 5.8 and later).
+pub fn is_mount_root(path: &Path) -> io::Result<bool> {
+    let c_path = c_path(path)?;
+    // SAFETY: an all-zero `struct statx` is a valid value to be overwritten.
+    let mut buffer: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is NUL-terminated and `buffer` is a writable
+    // `struct statx`.
+    let result = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_BASIC_STATS,
+            &mut buffer,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mount_root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    Ok(buffer.stx_attributes_mask & mount_root != 0 && buffer.stx_attributes & mount_root != 0)
+}
