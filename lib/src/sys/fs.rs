@@ -1,4 +1,5 @@
-//! Extended attributes and file extent maps, which `std` does not offer.
+//! Extended attributes, file extent maps and reflink clones, which `std`
+//! does not offer.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -70,6 +71,58 @@ pub fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     }
     attributes.sort();
     Ok(attributes)
+}
+
+/// Sets extended attribute `name` of `path` to `value`, not following a
+/// final symlink.
+pub fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let c_path = c_path(path)?;
+    let c_name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both strings are NUL-terminated and `value` is readable for
+    // `value.len()` bytes.
+    let result = unsafe {
+        libc::lsetxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes extended attribute `name` of `path`, not following a final
+/// symlink.
+pub fn remove_xattr(path: &Path, name: &[u8]) -> io::Result<()> {
+    let c_path = c_path(path)?;
+    let c_name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both strings are NUL-terminated.
+    let result = unsafe { libc::lremovexattr(c_path.as_ptr(), c_name.as_ptr()) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// `FICLONE` is `_IOW(0x94, 9, int)` in linux/fs.h.
+nix::ioctl_write_int!(ioc_ficlone, 0x94, 9);
+
+/// Makes `to` share all data blocks of `from` with `FICLONE` (see
+/// ioctl_ficlone(2)), so no data is copied and holes stay holes.
+///
+/// `to` must be open for writing; its old data is replaced. Fails with
+/// `EXDEV` across filesystems and with `EOPNOTSUPP` or `EINVAL` where the
+/// filesystem cannot share these blocks (btrfs: one file nodatacow and the
+/// other not).
+pub fn clone_file(from: &File, to: &File) -> io::Result<()> {
+    // SAFETY: both fds are open for the duration of the call, and FICLONE
+    // takes the source fd as its integer argument.
+    unsafe { ioc_ficlone(to.as_raw_fd(), from.as_raw_fd() as _) }?;
+    Ok(())
 }
 
 /// One extent of a file, from `FS_IOC_FIEMAP` (see
