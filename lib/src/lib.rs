@@ -7,6 +7,7 @@
 
 pub mod db;
 pub mod diff;
+pub mod merge;
 pub mod name;
 pub mod path;
 pub mod pool;
