@@ -462,20 +462,55 @@ fn xattrs_acl_capability_kept() {
 }
 
 #[test]
-fn copy_fallback_for_nocow_source() {
+fn nocow_file_cloned_and_kept() {
     let pair = Pair::new();
-    // btrfs rejects FICLONE between a nodatacow file and a normal one with
-    // EINVAL, so the put copies the data.
     shell(
         &pair.source(),
         "touch nocow && chattr +C nocow && head -c 300000 /dev/urandom > nocow",
     );
     pair.apply(&[Step::Put(world_path("nocow"))]).unwrap();
 
-    let source = std::fs::read(pair.source().join("nocow")).unwrap();
-    let target = std::fs::read(pair.target().join("nocow")).unwrap();
-    assert_eq!(source.len(), 300_000);
-    assert!(source == target, "copied data differs");
+    let source_file = std::fs::File::open(pair.source().join("nocow")).unwrap();
+    let target_file = std::fs::File::open(pair.target().join("nocow")).unwrap();
+    let flags = worlds::sys::fs::inode_flags(&target_file).unwrap();
+    assert_ne!(flags & worlds::sys::fs::NOCOW_FLAG, 0, "nodatacow kept");
+    // Shared data blocks mean FICLONE worked, with no copy.
+    assert_eq!(
+        worlds::sys::fs::extents(&target_file).unwrap(),
+        worlds::sys::fs::extents(&source_file).unwrap()
+    );
+    assert_eq!(tree_listing(&pair.target()), tree_listing(&pair.source()));
+}
+
+#[test]
+fn copy_fallback_across_filesystems() {
+    let pair = Pair::new();
+    // The scratch folder is on the host's filesystem, not in the pool, so
+    // FICLONE fails with EXDEV and the put copies the data.
+    let source = pair.test_store.scratch().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    shell(
+        &source,
+        "head -c 300000 /dev/urandom > data && chown 1234:5678 data && chmod 0640 data \
+         && touch -d '2001-02-03 04:05:06' data",
+    );
+    apply(
+        &pair.target(),
+        &source,
+        &[Step::Put(world_path("data"))],
+        &|_| {},
+    )
+    .unwrap();
+
+    let expected = std::fs::read(source.join("data")).unwrap();
+    let found = std::fs::read(pair.target().join("data")).unwrap();
+    assert_eq!(found.len(), 300_000);
+    assert!(found == expected, "copied data differs");
+    let metadata = std::fs::metadata(pair.target().join("data")).unwrap();
+    assert_eq!((metadata.uid(), metadata.gid()), (1234, 5678));
+    assert_eq!(metadata.mode() & 0o7777, 0o640);
+    let source_metadata = std::fs::metadata(source.join("data")).unwrap();
+    assert_eq!(metadata.mtime(), source_metadata.mtime());
 }
 
 #[test]

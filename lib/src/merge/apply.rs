@@ -43,6 +43,9 @@
 //!   syncfs(2) on the target before it records the merge as done.
 //! - A temporary entry left by a crash (the process died between making
 //!   and renaming it) stays in the target until someone removes it.
+//! - Of the inode flags that chattr(1) sets, only nodatacow (`+C`) is
+//!   copied, because cloning needs it. Others such as immutable (`+i`) or
+//!   append-only (`+a`) are not, and the diff does not compare them either.
 //! - Extended attributes and `lstat` go through `/proc/self/fd`, so procfs
 //!   must be mounted at `/proc`.
 
@@ -684,6 +687,9 @@ fn make_regular<'a>(
 
     let description = || "a regular file".to_owned();
     let (temporary, to) = Temporary::create(dir, &description, |name| dir.create_file(name))?;
+    if let Err(error) = match_nocow(&from, &to) {
+        tracing::debug!(%path, %error, "could not match the nodatacow flag of the source");
+    }
     match sysfs::clone_file(&from, &to) {
         Ok(()) => {}
         Err(error)
@@ -698,6 +704,19 @@ fn make_regular<'a>(
         Err(error) => return Err(StepError::CloneData(error)),
     }
     Ok(temporary)
+}
+
+/// Gives the empty file `to` the nodatacow flag (`chattr +C`) of `from`:
+/// btrfs clones only between files that both have it or both lack it, and
+/// sets it only on empty files. A file that keeps another flag than its
+/// source is copied by the fallback.
+fn match_nocow(from: &File, to: &File) -> io::Result<()> {
+    let source_nocow = sysfs::inode_flags(from)? & sysfs::NOCOW_FLAG;
+    let current = sysfs::inode_flags(to)?;
+    if current & sysfs::NOCOW_FLAG != source_nocow {
+        sysfs::set_inode_flags(to, (current & !sysfs::NOCOW_FLAG) | source_nocow)?;
+    }
+    Ok(())
 }
 
 /// Copies all of `from` into the empty file `to`.

@@ -1,5 +1,5 @@
-//! Extended attributes, file extent maps and reflink clones, which `std`
-//! does not offer.
+//! Extended attributes, file extent maps, inode flags and reflink clones,
+//! which `std` does not offer.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -122,6 +122,40 @@ pub fn clone_file(from: &File, to: &File) -> io::Result<()> {
     // SAFETY: both fds are open for the duration of the call, and FICLONE
     // takes the source fd as its integer argument.
     unsafe { ioc_ficlone(to.as_raw_fd(), from.as_raw_fd() as _) }?;
+    Ok(())
+}
+
+/// `FS_NOCOW_FL` of the inode flags in linux/fs.h (`chattr +C`): btrfs
+/// writes the file's data in place and without checksums.
+pub const NOCOW_FLAG: libc::c_int = 0x0080_0000;
+
+// `FS_IOC_GETFLAGS` and `FS_IOC_SETFLAGS` are numbered with a `long`, but
+// the kernel reads and writes an `int` (see ioctl_iflags(2)).
+nix::ioctl_read_bad!(
+    ioc_getflags,
+    nix::request_code_read!(b'f', 1, std::mem::size_of::<libc::c_long>()),
+    libc::c_int
+);
+nix::ioctl_write_ptr_bad!(
+    ioc_setflags,
+    nix::request_code_write!(b'f', 2, std::mem::size_of::<libc::c_long>()),
+    libc::c_int
+);
+
+/// Returns the inode flags of `file` (`FS_*_FL`, as lsattr(1) shows them).
+pub fn inode_flags(file: &File) -> io::Result<libc::c_int> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: `file` is an open fd and `flags` is a live int for the
+    // kernel to write.
+    unsafe { ioc_getflags(file.as_raw_fd(), &mut flags) }?;
+    Ok(flags)
+}
+
+/// Sets the inode flags of `file` to `flags`.
+pub fn set_inode_flags(file: &File, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: `file` is an open fd and `flags` is a live int for the
+    // kernel to read.
+    unsafe { ioc_setflags(file.as_raw_fd(), &flags) }?;
     Ok(())
 }
 
