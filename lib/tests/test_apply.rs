@@ -778,3 +778,61 @@ fn source_symlink_to_outside_folder() {
     assert!(!pair.target().join("out/keep").exists());
     assert_eq!(tree_listing(&folder), before);
 }
+
+/// A bind mount made by a test, detached on drop, also after a panic.
+struct BindMount(std::path::PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn target_mount_point_not_crossed() {
+    let pair = Pair::new();
+    let (folder, before) = outside(&pair);
+    shell(&pair.target(), "mkdir mnt");
+    shell(&pair.source(), "mkdir mnt && printf x > mnt/file");
+    let mount_point = pair.target().join("mnt");
+    nix::mount::mount(
+        Some(&folder),
+        &mount_point,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let _mount = BindMount(mount_point);
+
+    let error = pair
+        .apply(&[Step::Put(world_path("mnt/file"))])
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            ApplyError::Put {
+                source: StepError::MountInParent { tree: Tree::Target },
+                ..
+            }
+        ),
+        "{}",
+        error_chain(&error)
+    );
+    assert_eq!(tree_listing(&folder), before);
+}
+
+#[test]
+fn nested_subvolume_is_entered() {
+    let pair = Pair::new();
+    let target = std::fs::File::open(pair.target()).unwrap();
+    worlds::sys::btrfs::create_subvolume(&target, std::ffi::OsStr::new("nested")).unwrap();
+    shell(&pair.source(), "mkdir nested && printf x > nested/file");
+
+    // A subvolume is no mount point, so paths below it resolve.
+    pair.apply(&[Step::Put(world_path("nested/file"))]).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(pair.target().join("nested/file")).unwrap(),
+        "x"
+    );
+}

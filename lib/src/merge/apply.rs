@@ -16,8 +16,9 @@
 //! its path beneath the tree's root without following symlinks
 //! ([`Dir::open_dir`]), then acts on the last component with `*at` calls
 //! that do not follow it either. A path that crosses a symlink in either
-//! tree fails with [`StepError::SymlinkInParent`], so nothing is written
-//! outside the target.
+//! tree fails with [`StepError::SymlinkInParent`], and one that crosses a
+//! mount point fails with [`StepError::MountInParent`], so nothing is
+//! written outside the target.
 //!
 //! # How an entry is put
 //!
@@ -152,6 +153,8 @@ pub enum InvalidPath {
 pub enum StepError {
     #[error("a parent directory in the {tree} is a symlink, which apply does not follow")]
     SymlinkInParent { tree: Tree },
+    #[error("a parent directory in the {tree} is a mount point, which apply does not cross")]
+    MountInParent { tree: Tree },
     #[error("open the parent directory in the {tree}")]
     OpenParent { tree: Tree, source: io::Error },
     #[error("missing in the source")]
@@ -508,8 +511,11 @@ impl Applier {
         let dir = root.open_dir(parent).map_err(|source| {
             match source.raw_os_error() {
                 // openat2(2) returns ELOOP for a symlink under
-                // RESOLVE_NO_SYMLINKS and EXDEV for an escape from the root.
-                Some(libc::ELOOP | libc::EXDEV) => StepError::SymlinkInParent { tree },
+                // RESOLVE_NO_SYMLINKS, and EXDEV for a mount point under
+                // RESOLVE_NO_XDEV. An escape by `..` also gives EXDEV, but
+                // check_step rejects `..` first.
+                Some(libc::ELOOP) => StepError::SymlinkInParent { tree },
+                Some(libc::EXDEV) => StepError::MountInParent { tree },
                 _ => StepError::OpenParent { tree, source },
             }
         })?;

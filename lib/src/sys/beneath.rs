@@ -2,9 +2,10 @@
 //! symlinks, and the `*at` calls that act on one entry of such a directory.
 //!
 //! [`Dir::open_dir`] opens a descendant with openat2(2) and
-//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` (Linux
-//! 5.6), so a symlink or `..` anywhere in the path fails with `ELOOP` or
-//! `EXDEV` instead of leading out of the root. The other methods act on a
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
+//! RESOLVE_NO_XDEV` (Linux 5.6). A symlink anywhere in the path fails with
+//! `ELOOP`. A `..` out of the root, or a mount point such as a bind mount
+//! of a host folder, fails with `EXDEV`. The other methods act on a
 //! single name in the directory and never follow a symlink at that name.
 //!
 //! Extended attributes and `lstat` have no `*at` form in `std`, and the
@@ -33,6 +34,7 @@ fn beneath() -> ResolveFlag {
     ResolveFlag::RESOLVE_BENEATH
         | ResolveFlag::RESOLVE_NO_SYMLINKS
         | ResolveFlag::RESOLVE_NO_MAGICLINKS
+        | ResolveFlag::RESOLVE_NO_XDEV
 }
 
 /// An open directory, the base of the `*at` calls on its entries.
@@ -55,8 +57,8 @@ impl Dir {
     /// Opens directory `relative` (raw bytes, `/`-separated) beneath this
     /// one, or this one again when `relative` is empty.
     ///
-    /// Fails with `ELOOP` when a component is a symlink and with `EXDEV`
-    /// when the path would leave this directory.
+    /// Fails with `ELOOP` when a component is a symlink, and with `EXDEV`
+    /// when the path would leave this directory or cross a mount point.
     pub fn open_dir(&self, relative: &[u8]) -> io::Result<Self> {
         if relative.is_empty() {
             return Ok(Self {
