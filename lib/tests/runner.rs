@@ -2,6 +2,7 @@
 //! root; `scripts/test.sh` runs them.
 
 mod common;
+mod test_apply;
 mod test_diff;
 mod test_init;
 mod test_store;

@@ -18,25 +18,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::diff::{Change, ChangeKind, Entry, FileType};
 use crate::path::WorldPath;
 
-/// One step of applying changes to a target tree, taking entries from the
-/// child's tree.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "step", content = "path", rename_all = "kebab-case")]
-pub enum Step {
-    /// Make the path what it is in the source: type, content, attributes.
-    Put(#[serde(serialize_with = "serialize_path")] WorldPath),
-    /// Remove the path: a file of any type or an empty directory.
-    Remove(#[serde(serialize_with = "serialize_path")] WorldPath),
-    /// Give the existing path the source's owner, mode, xattrs and mtime.
-    SetMetadata(#[serde(serialize_with = "serialize_path")] WorldPath),
-}
+pub use super::apply::Step;
 
-impl Step {
-    /// Returns the path the step acts on.
-    pub fn path(&self) -> &WorldPath {
-        match self {
-            Self::Put(path) | Self::Remove(path) | Self::SetMetadata(path) => path,
-        }
+impl serde::Serialize for Step {
+    /// Writes `{"step": "put" | "remove" | "set-metadata", "path": BYTES}`.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let step = match self {
+            Self::Put(_) => "put",
+            Self::Remove(_) => "remove",
+            Self::SetMetadata(_) => "set-metadata",
+        };
+        let mut object = serializer.serialize_struct("Step", 2)?;
+        object.serialize_field("step", step)?;
+        object.serialize_field(
+            "path",
+            &crate::diff::json::Bytes(&self.path().to_absolute_bytes()),
+        )?;
+        object.end()
     }
 }
 

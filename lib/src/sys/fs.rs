@@ -1,4 +1,5 @@
-//! Extended attributes and file extent maps, which `std` does not offer.
+//! Extended attributes, file extent maps, inode flags and reflink clones,
+//! which `std` does not offer.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -70,6 +71,92 @@ pub fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     }
     attributes.sort();
     Ok(attributes)
+}
+
+/// Sets extended attribute `name` of `path` to `value`, not following a
+/// final symlink.
+pub fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let c_path = c_path(path)?;
+    let c_name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both strings are NUL-terminated and `value` is readable for
+    // `value.len()` bytes.
+    let result = unsafe {
+        libc::lsetxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes extended attribute `name` of `path`, not following a final
+/// symlink.
+pub fn remove_xattr(path: &Path, name: &[u8]) -> io::Result<()> {
+    let c_path = c_path(path)?;
+    let c_name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both strings are NUL-terminated.
+    let result = unsafe { libc::lremovexattr(c_path.as_ptr(), c_name.as_ptr()) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// `FICLONE` is `_IOW(0x94, 9, int)` in linux/fs.h.
+nix::ioctl_write_int!(ioc_ficlone, 0x94, 9);
+
+/// Makes `to` share all data blocks of `from` with `FICLONE` (see
+/// ioctl_ficlone(2)), so no data is copied and holes stay holes.
+///
+/// `to` must be open for writing; its old data is replaced. Fails with
+/// `EXDEV` across filesystems and with `EOPNOTSUPP` or `EINVAL` where the
+/// filesystem cannot share these blocks (btrfs: one file nodatacow and the
+/// other not).
+pub fn clone_file(from: &File, to: &File) -> io::Result<()> {
+    // SAFETY: both fds are open for the duration of the call, and FICLONE
+    // takes the source fd as its integer argument.
+    unsafe { ioc_ficlone(to.as_raw_fd(), from.as_raw_fd() as _) }?;
+    Ok(())
+}
+
+/// `FS_NOCOW_FL` of the inode flags in linux/fs.h (`chattr +C`): btrfs
+/// writes the file's data in place and without checksums.
+pub const NOCOW_FLAG: libc::c_int = 0x0080_0000;
+
+// `FS_IOC_GETFLAGS` and `FS_IOC_SETFLAGS` are numbered with a `long`, but
+// the kernel reads and writes an `int` (see ioctl_iflags(2)).
+nix::ioctl_read_bad!(
+    ioc_getflags,
+    nix::request_code_read!(b'f', 1, std::mem::size_of::<libc::c_long>()),
+    libc::c_int
+);
+nix::ioctl_write_ptr_bad!(
+    ioc_setflags,
+    nix::request_code_write!(b'f', 2, std::mem::size_of::<libc::c_long>()),
+    libc::c_int
+);
+
+/// Returns the inode flags of `file` (`FS_*_FL`, as lsattr(1) shows them).
+pub fn inode_flags(file: &File) -> io::Result<libc::c_int> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: `file` is an open fd and `flags` is a live int for the
+    // kernel to write.
+    unsafe { ioc_getflags(file.as_raw_fd(), &mut flags) }?;
+    Ok(flags)
+}
+
+/// Sets the inode flags of `file` to `flags`.
+pub fn set_inode_flags(file: &File, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: `file` is an open fd and `flags` is a live int for the
+    // kernel to read.
+    unsafe { ioc_setflags(file.as_raw_fd(), &flags) }?;
+    Ok(())
 }
 
 /// One extent of a file, from `FS_IOC_FIEMAP` (see

@@ -1,9 +1,11 @@
 //! Safe wrappers around the kernel interfaces that `std` and `nix` do not
-//! cover: the btrfs subvolume ioctls and loop devices.
+//! cover: the btrfs subvolume ioctls, loop devices, xattrs, reflinks and
+//! path resolution beneath a directory.
 //!
 //! Every `unsafe` block of the crate lives below this module, each with a
 //! `SAFETY:` line that names the invariant it relies on.
 
+pub mod beneath;
 pub mod btrfs;
 pub mod fs;
 pub mod loopdev;
