@@ -47,6 +47,8 @@ fn main() -> ExitCode {
 
     let crash_point = match std::env::var(CRASH_VARIABLE).as_deref() {
         Ok("after-snapshot") => Some(worlds::store::CrashPoint::AfterSnapshot),
+        Ok("mid-merge") => Some(worlds::store::CrashPoint::MidMerge),
+        Ok("before-merge-done") => Some(worlds::store::CrashPoint::BeforeMergeDone),
         _ => None,
     };
     // An absolute store path keeps records and messages independent of the

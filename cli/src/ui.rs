@@ -42,6 +42,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                     | StoreError::NoBase { .. }
                     | StoreError::NotADirectory { .. }
                     | StoreError::InsideStore { .. }
+                    | StoreError::NothingToUndo { .. }
             )
         });
         let rootfs = cause.downcast_ref::<RootfsError>().is_some_and(|error| {
@@ -126,6 +127,9 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
                 "choose another name, or remove the old world with `world delete NAME`"
             }
             StoreError::HasChildren { .. } => "add --recursive to delete the children too",
+            StoreError::NothingToUndo { .. } => {
+                "`world log` lists the merges; pre-merge snapshots are kept for the last five merges into each world"
+            }
             StoreError::NoBase { .. } => {
                 "a diff compares a child world with the snapshot of its parent it was made from; `world tree` shows which worlds are children"
             }

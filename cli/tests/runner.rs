@@ -7,3 +7,4 @@ mod test_aliases;
 mod test_commands;
 mod test_diff;
 mod test_failures;
+mod test_merge;

@@ -39,6 +39,23 @@ const MIGRATIONS: &[&str] = &[
         kind TEXT NOT NULL,
         time_ms INTEGER NOT NULL
     );",
+    // Version 3: the merge journal.
+    "CREATE TABLE merges (
+        id INTEGER PRIMARY KEY,
+        parent TEXT NOT NULL,
+        child TEXT NOT NULL,
+        state TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER,
+        plan TEXT NOT NULL,
+        prev_since_world INTEGER,
+        prev_since_parent INTEGER,
+        next_since_world INTEGER,
+        next_since_parent INTEGER
+    );
+    CREATE INDEX merges_parent ON merges(parent, state);
+    ALTER TABLE worlds ADD COLUMN since_world INTEGER;
+    ALTER TABLE worlds ADD COLUMN since_parent INTEGER;",
 ];
 
 /// How long a writer waits for another writer before failing.
@@ -100,6 +117,15 @@ pub struct WorldRecord {
     /// The operation that created the world.
     pub created_by: i64,
     pub source: Source,
+    /// The btrfs transaction after which the world's own changes since its
+    /// base must be searched; `None` means the base's creation. A merge
+    /// moves it forward.
+    #[serde(skip)]
+    pub since_world: Option<u64>,
+    /// The same for the parent's changes since the world's base; merges
+    /// never move it, because the new base is made from the child.
+    #[serde(skip)]
+    pub since_parent: Option<u64>,
 }
 
 /// One entry of the operation log.
@@ -156,7 +182,7 @@ impl Db {
                  UNION ALL
                  SELECT w.id, o.depth + 1 FROM worlds w JOIN ordered o ON w.parent_id = o.id
              )
-             SELECT w.id, w.name, p.name, w.created_ms, w.created_by, w.source
+             SELECT w.id, w.name, p.name, w.created_ms, w.created_by, w.source, w.since_world, w.since_parent
              FROM ordered o JOIN worlds w ON w.id = o.id
              LEFT JOIN worlds p ON p.id = w.parent_id
              ORDER BY o.depth, w.name",
@@ -170,7 +196,7 @@ impl Db {
         let row = self
             .connection
             .query_row(
-                "SELECT w.id, w.name, p.name, w.created_ms, w.created_by, w.source
+                "SELECT w.id, w.name, p.name, w.created_ms, w.created_by, w.source, w.since_world, w.since_parent
                  FROM worlds w LEFT JOIN worlds p ON p.id = w.parent_id
                  WHERE w.name = ?1",
                 [name.as_str()],
@@ -233,6 +259,127 @@ impl Db {
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         Ok(Writer { transaction })
+    }
+}
+
+/// The state of a merge in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergeState {
+    /// The pre-merge snapshot is being taken; the parent is untouched.
+    Preparing,
+    /// Changes are being applied to the parent.
+    Applying,
+    /// Every change is in the parent; the child's base is being replaced.
+    Publishing,
+    /// The merge finished.
+    Done,
+    /// An interrupted merge was rolled back to the pre-merge state.
+    RolledBack,
+    /// The merge was taken back by `world undo`.
+    Undone,
+}
+
+impl MergeState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Preparing => "preparing",
+            Self::Applying => "applying",
+            Self::Publishing => "publishing",
+            Self::Done => "done",
+            Self::RolledBack => "rolled-back",
+            Self::Undone => "undone",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Preparing,
+            Self::Applying,
+            Self::Publishing,
+            Self::Done,
+            Self::RolledBack,
+            Self::Undone,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+/// One merge in the journal.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MergeRecord {
+    pub id: i64,
+    pub parent: String,
+    pub child: String,
+    pub state: MergeState,
+    pub started: Timestamp,
+    /// The child's diff starting points before the merge.
+    #[serde(skip)]
+    pub previous: Since,
+    /// The child's diff starting points after the merge.
+    #[serde(skip)]
+    pub next: Since,
+}
+
+/// The btrfs transactions after which a child's diffs search for changes:
+/// its own, and its parent's. `None` means the base's creation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Since {
+    pub world: Option<u64>,
+    pub parent: Option<u64>,
+}
+
+impl Db {
+    /// Returns the merges in `states`, oldest first, optionally only those
+    /// into `parent`.
+    pub fn merges(&self, states: &[MergeState], parent: Option<&str>) -> Result<Vec<MergeRecord>> {
+        let mut statement = self.connection.prepare(
+            "SELECT id, parent, child, state, started_ms, prev_since_world, prev_since_parent,
+                        next_since_world, next_since_parent
+                 FROM merges ORDER BY id",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, i64>(4)?,
+                [
+                    row.get::<_, Option<i64>>(5)?,
+                    row.get::<_, Option<i64>>(6)?,
+                    row.get::<_, Option<i64>>(7)?,
+                    row.get::<_, Option<i64>>(8)?,
+                ],
+            ))
+        })?;
+        let mut found = Vec::new();
+        for row in rows {
+            let (id, parent_name, child, state, started_ms, since) = row?;
+            let since = since.map(|value| value.map(|since| since as u64));
+            let Some(state) = MergeState::parse(&state) else {
+                continue;
+            };
+            if states.contains(&state) && parent.is_none_or(|wanted| wanted == parent_name) {
+                found.push(MergeRecord {
+                    id,
+                    parent: parent_name,
+                    child,
+                    state,
+                    started: timestamp(started_ms),
+                    previous: Since {
+                        world: since[0],
+                        parent: since[1],
+                    },
+                    next: Since {
+                        world: since[2],
+                        parent: since[3],
+                    },
+                });
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -318,6 +465,56 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Starts a merge of `child` into `parent` in the journal, in state
+    /// `Preparing`, with the child's diff starting points before and after
+    /// it, and returns its id.
+    pub fn insert_merge(
+        &self,
+        parent: &WorldName,
+        child: &WorldName,
+        plan: &serde_json::Value,
+        previous: Since,
+        next: Since,
+    ) -> Result<i64> {
+        let as_sql = |since: Option<u64>| since.map(|since| since as i64);
+        self.transaction.execute(
+            "INSERT INTO merges (parent, child, state, started_ms, plan,
+                 prev_since_world, prev_since_parent, next_since_world, next_since_parent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                parent.as_str(),
+                child.as_str(),
+                MergeState::Preparing.as_str(),
+                Timestamp::now().as_millisecond(),
+                plan.to_string(),
+                as_sql(previous.world),
+                as_sql(previous.parent),
+                as_sql(next.world),
+                as_sql(next.parent),
+            ],
+        )?;
+        Ok(self.transaction.last_insert_rowid())
+    }
+
+    /// Sets where the diffs of world `name` start searching.
+    pub fn set_since(&self, name: &str, since: Since) -> Result<()> {
+        let as_sql = |since: Option<u64>| since.map(|since| since as i64);
+        self.transaction.execute(
+            "UPDATE worlds SET since_world = ?2, since_parent = ?3 WHERE name = ?1",
+            params![name, as_sql(since.world), as_sql(since.parent)],
+        )?;
+        Ok(())
+    }
+
+    /// Moves merge `id` to `state`.
+    pub fn set_merge_state(&self, id: i64, state: MergeState) -> Result<()> {
+        self.transaction.execute(
+            "UPDATE merges SET state = ?2, finished_ms = ?3 WHERE id = ?1",
+            params![id, state.as_str(), Timestamp::now().as_millisecond()],
+        )?;
+        Ok(())
+    }
+
     /// Makes the changes permanent.
     pub fn commit(self) -> Result<()> {
         self.transaction.commit()?;
@@ -333,6 +530,8 @@ struct RawWorld {
     created_ms: i64,
     created_by: i64,
     source: String,
+    since_world: Option<i64>,
+    since_parent: Option<i64>,
 }
 
 impl RawWorld {
@@ -355,6 +554,8 @@ impl RawWorld {
             created: timestamp(self.created_ms),
             created_by: self.created_by,
             source: serde_json::from_str(&self.source)?,
+            since_world: self.since_world.map(|since| since as u64),
+            since_parent: self.since_parent.map(|since| since as u64),
         })
     }
 }
@@ -367,6 +568,8 @@ fn read_world(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawWorld> {
         created_ms: row.get(3)?,
         created_by: row.get(4)?,
         source: row.get(5)?,
+        since_world: row.get(6)?,
+        since_parent: row.get(7)?,
     })
 }
 

@@ -11,8 +11,12 @@
 //!     worlds/NAME    root filesystem of world NAME, a writable subvolume
 //!     bases/NAME     base of child world NAME: a read-only snapshot of its
 //!                    parent, taken at the instant the child was made
-//!     tmp/           root worlds being filled (`import.PID.NAME`) and
-//!                    snapshots that a diff reads (`diff.PID.NAME`)
+//!     tmp/           root worlds being filled (`import.PID.NAME`),
+//!                    snapshots that a diff reads (`diff.PID.NAME`) and
+//!                    new bases of merges in progress (`merge.ID.base`)
+//!     premerge/ID.parent  read-only snapshot of a parent before merge ID,
+//!                    kept for undo
+//!     premerge/ID.base    the child's base before merge ID
 //! ```
 //!
 //! The table `meta` of `worlds.db` stores `layout` = [`LAYOUT_VERSION`]; a
@@ -47,6 +51,10 @@ use crate::name::WorldName;
 use crate::pool::{self, PoolError, PoolInfo};
 use crate::rootfs::{self, Progress, RootSource, RootfsError};
 use crate::sys::btrfs;
+
+mod merging;
+
+pub use merging::{MergeOptions, MergeOutcome, MergeProgress, UndoOutcome, KEEP_PREMERGE};
 
 /// Version of the on-disk layout described in this module's documentation.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -126,6 +134,19 @@ pub enum StoreError {
     ReadDir { path: PathBuf, source: io::Error },
     #[error("world `{name}` is a root world and has no base to compare with")]
     NoBase { name: WorldName },
+    #[error("merge world `{child}` into `{parent}`")]
+    Merge {
+        child: WorldName,
+        parent: WorldName,
+        source: io::Error,
+    },
+    #[error("apply changes to world `{world}`")]
+    Apply {
+        world: WorldName,
+        source: crate::merge::apply::ApplyError,
+    },
+    #[error("world `{parent}` has no merge that can be undone")]
+    NothingToUndo { parent: WorldName },
     #[error("compare world `{name}` with the base of `{child}`")]
     Diff {
         name: WorldName,
@@ -162,6 +183,20 @@ pub enum Cleanup {
     Unknown { path: PathBuf },
     /// A leftover that could not be removed; the next command tries again.
     NotRemoved { path: PathBuf, error: String },
+    /// An interrupted merge had already changed the parent completely; its
+    /// journal entry was finished.
+    MergeCompleted {
+        merge: i64,
+        child: WorldName,
+        parent: WorldName,
+    },
+    /// An interrupted merge was rolled back: the parent is at its pre-merge
+    /// state and the child has its old base.
+    MergeRolledBack {
+        merge: i64,
+        child: WorldName,
+        parent: WorldName,
+    },
 }
 
 /// Everything known about one world, for `world show`.
@@ -191,16 +226,15 @@ pub enum DiffSubject {
 /// A diff ready to compute, holding a read-only snapshot of its subject
 /// until dropped.
 #[derive(Debug)]
-pub struct DiffView<'store> {
+pub struct DiffView {
     subject: WorldName,
     child: WorldName,
     base: PathBuf,
     snapshot: PathBuf,
     since: u64,
-    _store: std::marker::PhantomData<&'store Store>,
 }
 
-impl DiffView<'_> {
+impl DiffView {
     /// Returns the world whose changes this view shows.
     pub fn subject(&self) -> &WorldName {
         &self.subject
@@ -235,7 +269,7 @@ impl DiffView<'_> {
     }
 }
 
-impl Drop for DiffView<'_> {
+impl Drop for DiffView {
     fn drop(&mut self) {
         remove_quietly(&self.snapshot);
     }
@@ -256,6 +290,10 @@ pub struct DeleteOptions {
 pub enum CrashPoint {
     /// After a child's snapshots exist and before they are recorded.
     AfterSnapshot,
+    /// When a merge has applied half of its steps to the parent.
+    MidMerge,
+    /// When a merge has swapped the child's base and not yet recorded it.
+    BeforeMergeDone,
 }
 
 /// An open store.
@@ -734,6 +772,8 @@ impl Store {
     /// The caller must hold the store lock: without it, a subvolume that
     /// another command is about to record would look orphaned.
     pub fn reconcile(&mut self) -> Result<Vec<Cleanup>> {
+        // Merges first: they own snapshots in `tmp/` that look orphaned.
+        let recovered = self.recover_merges()?;
         let mut cleanups = Vec::new();
         let mut removed = Vec::new();
 
@@ -805,10 +845,8 @@ impl Store {
             )?;
             writer.commit()?;
         }
-        let mut all: Vec<Cleanup> = removed
-            .into_iter()
-            .map(|path| Cleanup::Removed { path })
-            .collect();
+        let mut all = recovered;
+        all.extend(removed.into_iter().map(|path| Cleanup::Removed { path }));
         all.extend(cleanups);
         Ok(all)
     }
@@ -831,12 +869,14 @@ impl Store {
     /// running world is seen at one instant; taking it also commits the
     /// pending changes to the btrfs tree that the fast path searches. The
     /// snapshot is deleted when the view is dropped.
-    pub fn open_diff(&self, child: &WorldName, subject: DiffSubject) -> Result<DiffView<'_>> {
-        let Some(parent) = self.world(child)?.parent else {
+    pub fn open_diff(&self, child: &WorldName, subject: DiffSubject) -> Result<DiffView> {
+        let record = self.world(child)?;
+        let Some(parent) = record.parent.clone() else {
             return Err(StoreError::NoBase {
                 name: child.clone(),
             });
         };
+        let subject_kind = subject;
         let subject = match subject {
             DiffSubject::World => child.clone(),
             DiffSubject::Parent => parent,
@@ -847,10 +887,15 @@ impl Store {
             source,
         };
         let base = self.base_path(child);
-        let since = File::open(&base)
+        let base_created = File::open(&base)
             .and_then(|base| btrfs::subvolume_info(&base))
             .map_err(diff_error)?
             .otransid;
+        let since = match subject_kind {
+            DiffSubject::World => record.since_world,
+            DiffSubject::Parent => record.since_parent,
+        }
+        .unwrap_or(base_created);
 
         let tmp_name = format!("{DIFF_PREFIX}{}.{subject}", own_token());
         let snapshot = self.pool.join(TMP_DIR).join(&tmp_name);
@@ -866,7 +911,6 @@ impl Store {
             base,
             snapshot,
             since,
-            _store: std::marker::PhantomData,
         })
     }
 
@@ -1062,7 +1106,7 @@ fn check_store_dir(dir: &Path) -> Result<()> {
 fn create_layout(dir: &Path, size: u64) -> Result<()> {
     let kind = pool::create(dir, size)?;
     let pool_dir = dir.join(pool::MOUNT_NAME);
-    for sub in [WORLDS_DIR, BASES_DIR, TMP_DIR] {
+    for sub in [WORLDS_DIR, BASES_DIR, TMP_DIR, merging::PREMERGE_DIR] {
         create_dir(&pool_dir.join(sub))?;
     }
     let partial = dir.join(format!("{DB_NAME}.partial"));
@@ -1094,7 +1138,7 @@ fn remove_partial_store(dir: &Path, created_dir: bool, image_existed: bool) {
     }
     let _ = pool::unmount(dir);
     let _ = fs::remove_file(dir.join(pool::IMAGE_NAME));
-    for sub in [WORLDS_DIR, BASES_DIR, TMP_DIR] {
+    for sub in [WORLDS_DIR, BASES_DIR, TMP_DIR, merging::PREMERGE_DIR] {
         let _ = fs::remove_dir(dir.join(pool::MOUNT_NAME).join(sub));
     }
     let _ = fs::remove_dir(dir.join(pool::MOUNT_NAME));
@@ -1153,6 +1197,8 @@ mod tests {
             created: jiff::Timestamp::UNIX_EPOCH,
             created_by: 0,
             source: Source::Snapshot,
+            since_world: None,
+            since_parent: None,
         }
     }
 

@@ -5,4 +5,5 @@ mod common;
 mod test_apply;
 mod test_diff;
 mod test_init;
+mod test_merge;
 mod test_store;

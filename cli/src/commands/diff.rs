@@ -306,7 +306,7 @@ fn type_name(file_type: FileType) -> &'static str {
 
 fn print_patch(
     out: &mut impl Write,
-    view: &DiffView<'_>,
+    view: &DiffView,
     changes: &[Change],
     color: bool,
 ) -> anyhow::Result<()> {

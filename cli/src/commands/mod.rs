@@ -10,9 +10,12 @@ mod install_aliases;
 mod list;
 mod log;
 mod man;
+mod merge;
+mod recover;
 mod show;
 mod store;
 mod tree;
+mod undo;
 
 use std::path::PathBuf;
 
@@ -59,7 +62,10 @@ pub enum Command {
     Show(show::Args),
     Delete(delete::Args),
     Diff(diff::Args),
+    Merge(merge::Args),
+    Undo(undo::Args),
     Log(log::Args),
+    Recover(recover::Args),
     #[command(subcommand)]
     Store(store::Command),
     InstallAliases(install_aliases::Args),
@@ -106,6 +112,12 @@ pub fn report_cleanups(cleanups: &[Cleanup]) {
                 "subvolume `{}` of a recorded world is missing from the pool; `world delete` removes the record",
                 path.display()
             )),
+            Cleanup::MergeCompleted { merge, child, parent } => ui::warning(format_args!(
+                "merge {merge} of `{child}` into `{parent}` was interrupted after all its changes were applied; it is now complete"
+            )),
+            Cleanup::MergeRolledBack { merge, child, parent } => ui::warning(format_args!(
+                "merge {merge} of `{child}` into `{parent}` was interrupted; `{parent}` is back at its state before the merge"
+            )),
         }
     }
 }
@@ -120,7 +132,10 @@ pub fn run(cli: Cli, context: &Context) -> anyhow::Result<u8> {
         Command::Show(args) => show::run(args, context),
         Command::Delete(args) => delete::run(args, context),
         Command::Diff(args) => diff::run(args, context),
+        Command::Merge(args) => merge::run(args, context),
+        Command::Undo(args) => undo::run(args, context),
         Command::Log(args) => log::run(args, context),
+        Command::Recover(args) => recover::run(args, context),
         Command::Store(command) => store::run(command, context),
         Command::InstallAliases(args) => install_aliases::run(args, context),
         Command::Completions(args) => completions::run(args),

@@ -187,7 +187,7 @@ pub fn compare(sides: &Sides<'_>, path: &WorldPath) -> io::Result<Option<Change>
         (Some(b), Some(a))
             if b.file_type == FileType::Regular && a.file_type == FileType::Regular =>
         {
-            b.ino == a.ino && b.size == a.size && data_differs(&base_host, &world_host, a.size)?
+            b.size == a.size && data_differs(&base_host, &world_host, a.size)?
         }
         _ => false,
     };
@@ -221,6 +221,53 @@ fn data_differs(base: &Path, world: &Path, size: u64) -> io::Result<bool> {
         return Ok(true);
     }
     Ok(fs::read(base)? != fs::read(world)?)
+}
+
+/// Returns whether two regular files hold the same bytes: shared extents
+/// answer without reading, otherwise both are read and compared.
+///
+/// NOTE: a large sparse file whose extents differ is read in full,
+/// holes included.
+pub fn same_data(a: &Path, b: &Path) -> io::Result<bool> {
+    use std::io::Read;
+    let (mut file_a, mut file_b) = (File::open(a)?, File::open(b)?);
+    if file_a.metadata()?.len() != file_b.metadata()?.len() {
+        return Ok(false);
+    }
+    let extents_a = sysfs::extents(&file_a)?;
+    let shared = extents_a == sysfs::extents(&file_b)?
+        && !extents_a.iter().any(|e| {
+            e.flags
+                & (sysfs::Extent::DATA_INLINE | sysfs::Extent::UNKNOWN | sysfs::Extent::DELALLOC)
+                != 0
+        });
+    if shared {
+        return Ok(true);
+    }
+    let mut buffer_a = vec![0u8; 1 << 20];
+    let mut buffer_b = vec![0u8; 1 << 20];
+    loop {
+        let read_a = read_full(&mut file_a, &mut buffer_a)?;
+        let read_b = read_full(&mut file_b, &mut buffer_b)?;
+        if read_a != read_b || buffer_a[..read_a] != buffer_b[..read_b] {
+            return Ok(false);
+        }
+        if read_a == 0 {
+            return Ok(true);
+        }
+    }
+
+    fn read_full(file: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let read = file.read(&mut buffer[filled..])?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+        }
+        Ok(filled)
+    }
 }
 
 /// Reads the attributes of the file at `host`, not following a final

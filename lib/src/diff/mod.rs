@@ -9,9 +9,10 @@
 //! - A regular file over 1 MiB whose data was rewritten with the same bytes
 //!   counts as modified: its blocks differ from the base's, and larger
 //!   files are not read to find out.
-//! - A file replaced by another inode counts as modified even when the new
-//!   file has the same content, because it is another file (as after an
-//!   editor's save or `ln -f`).
+//! - Content decides, not identity: a file replaced by another inode with
+//!   the same content and attributes (an editor's save, `ln -f` between
+//!   equal files, a merge's clone) is no change. A fifo or socket has no
+//!   content, so replacing one by an equal one is no change either.
 
 pub mod engine;
 pub mod json;

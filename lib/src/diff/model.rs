@@ -62,8 +62,7 @@ pub struct Entry {
 pub enum ChangeKind {
     /// The path exists only in the world.
     Added,
-    /// Same type, other content: data, symlink target or device number
-    /// changed, or the path now names another file (replaced or hard-linked).
+    /// Same type, other content: data, symlink target or device number.
     Modified,
     /// The path exists only in the base.
     Deleted,
@@ -118,14 +117,14 @@ pub fn classify(
         return Some(ChangeKind::TypeChanged);
     }
 
-    let replaced = before.ino != after.ino && before.file_type != FileType::Directory;
-    let content_changed = replaced
-        || match before.file_type {
-            FileType::Regular => data_changed || before.size != after.size,
-            FileType::Symlink => before.target != after.target,
-            FileType::CharDevice | FileType::BlockDevice => before.rdev != after.rdev,
-            FileType::Directory | FileType::Fifo | FileType::Socket => false,
-        };
+    // Content decides, not the inode: a file replaced by an equal one, as
+    // an editor's save or a merge's clone does, is no change.
+    let content_changed = match before.file_type {
+        FileType::Regular => data_changed || before.size != after.size,
+        FileType::Symlink => before.target != after.target,
+        FileType::CharDevice | FileType::BlockDevice => before.rdev != after.rdev,
+        FileType::Directory | FileType::Fifo | FileType::Socket => false,
+    };
     if content_changed {
         return Some(ChangeKind::Modified);
     }
@@ -282,16 +281,20 @@ mod tests {
     }
 
     #[test]
-    fn replaced_file_is_modified_but_directory_is_not() {
+    fn replaced_by_equal_file_is_unchanged() {
         for file_type in TYPES {
             let before = entry(file_type);
             let mut after = before.clone();
             after.ino += 1;
-            let expected = (file_type != FileType::Directory).then_some(ChangeKind::Modified);
             assert_eq!(
                 classify(Some(&before), Some(&after), false),
-                expected,
+                None,
                 "{file_type:?}"
+            );
+            assert_eq!(
+                classify(Some(&before), Some(&after), true),
+                (file_type == FileType::Regular).then_some(ChangeKind::Modified),
+                "{file_type:?} with other data"
             );
         }
     }

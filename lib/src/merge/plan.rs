@@ -101,10 +101,11 @@ pub struct Plan {
     /// Child changes left out because `prefer` chose the parent's version.
     #[serde(serialize_with = "serialize_paths")]
     pub kept_parent: Vec<WorldPath>,
-    /// Steps that move the child's base to the merged state: the applied
-    /// changes and the identical ones, so that the child's diff afterwards
-    /// shows only what the merge left out.
-    pub base_steps: Vec<Step>,
+    /// Steps that take a snapshot of the child back to its old base at the
+    /// paths the merge leaves out (settled for the parent, or outside
+    /// `only`), copying from the old base. The result is the child's new
+    /// base, so its diff afterwards shows exactly what the merge left out.
+    pub revert_steps: Vec<Step>,
 }
 
 fn serialize_paths<S: serde::Serializer>(
@@ -202,7 +203,13 @@ pub fn build(
 
     plan.steps = order_steps(&applied);
     applied.extend(identical);
-    plan.base_steps = order_steps(&applied);
+    let carried: BTreeSet<&WorldPath> = applied.iter().map(|change| &change.path).collect();
+    let left_out: Vec<Change> = child
+        .iter()
+        .filter(|change| !carried.contains(&change.path))
+        .cloned()
+        .collect();
+    plan.revert_steps = restore_steps(&left_out);
     plan.conflicts
         .sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
     plan.identical.sort();
@@ -495,9 +502,9 @@ mod tests {
         assert_eq!(result.conflicts, []);
         assert_eq!(result.steps, [Step::Put(path("etc/new"))]);
         assert_eq!(result.kept_parent, [path("etc/app.conf")]);
-        // The base takes only the applied change, so the child still shows
-        // its own version of the conflicting file.
-        assert_eq!(result.base_steps, [Step::Put(path("etc/new"))]);
+        // The new base takes the base's version of the file the parent won,
+        // so the child still shows its own version as a change.
+        assert_eq!(result.revert_steps, [Step::Put(path("etc/app.conf"))]);
     }
 
     #[test]
@@ -510,7 +517,7 @@ mod tests {
         assert_eq!(both_deleted.conflicts, []);
         assert_eq!(both_deleted.identical, [path("tmp/x")]);
         assert_eq!(both_deleted.steps, []);
-        assert_eq!(both_deleted.base_steps, [Step::Remove(path("tmp/x"))]);
+        assert_eq!(both_deleted.revert_steps, []);
 
         let same_bytes = build(
             &[modified("a")],
@@ -626,6 +633,7 @@ mod tests {
         );
         assert_eq!(result.conflicts, []);
         assert_eq!(result.steps, [Step::Put(path("etc/a"))]);
+        assert_eq!(result.revert_steps, [Step::Remove(path("srv/b"))]);
     }
 
     #[test]

@@ -1,0 +1,36 @@
+use worlds::WorldName;
+
+use super::Context;
+use crate::ui;
+
+/// Takes back the last merge into PARENT.
+///
+/// The parent returns to its pre-merge snapshot through the same engine
+/// that merges, and the merged child gets its old base back, so its diff
+/// shows its changes again. Pre-merge snapshots are kept for the last five
+/// merges into each parent.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The world whose last merge to take back.
+    parent: WorldName,
+    /// Print the outcome as JSON on stdout: `parent`, `child`, `merge_id`
+    /// and `steps`.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
+    let mut store = context.open_store()?;
+    let outcome = store.undo(&args.parent, &|_| {})?;
+    if args.json {
+        ui::print_json(&outcome)?;
+    }
+    ui::status(
+        context.quiet,
+        format_args!(
+            "undid merge {} of `{}` into `{}` ({} steps)",
+            outcome.merge_id, outcome.child, outcome.parent, outcome.steps
+        ),
+    );
+    Ok(ui::EXIT_OK)
+}

@@ -1,0 +1,171 @@
+use std::fs;
+use std::process::Stdio;
+
+use crate::common::{run, TestEnv, WORLD};
+
+/// Makes `Parent` with a small site and `Child` of it.
+fn family(env: &TestEnv) -> std::path::PathBuf {
+    env.init_busybox("Parent");
+    let parent = env.store.join("pool/worlds/Parent");
+    fs::create_dir_all(parent.join("srv/www")).unwrap();
+    fs::write(parent.join("srv/www/index.html"), "v1\n").unwrap();
+    fs::write(parent.join("etc/app.conf"), "a=1\n").unwrap();
+    env.world_ok(&["create", "Child", "Parent"]);
+    env.store.join("pool/worlds/Child")
+}
+
+#[test]
+fn merge_then_undo() {
+    let env = TestEnv::new();
+    let child = family(&env);
+    fs::write(child.join("srv/www/index.html"), "v2\n").unwrap();
+    fs::write(child.join("srv/www/new.html"), "new\n").unwrap();
+    let parent_page = env.store.join("pool/worlds/Parent/srv/www/index.html");
+
+    let dry = env.world_ok(&["merge", "--dry-run", "Child"]);
+    assert_eq!(
+        dry.stdout,
+        "put /srv/www/index.html\nput /srv/www/new.html\n"
+    );
+    assert_eq!(fs::read_to_string(&parent_page).unwrap(), "v1\n");
+
+    let merged = env.world_ok(&["merge", "Child", "Parent"]);
+    assert!(
+        merged
+            .stderr
+            .starts_with("merged `Child` into `Parent` (merge 1): 2 steps in "),
+        "{}",
+        merged.stderr
+    );
+    assert_eq!(fs::read_to_string(&parent_page).unwrap(), "v2\n");
+    assert_eq!(env.world_ok(&["diff", "Child"]).stdout, "");
+
+    let undone = env.world_ok(&["undo", "Parent"]);
+    assert_eq!(
+        undone.stderr,
+        "undid merge 1 of `Child` into `Parent` (2 steps)\n"
+    );
+    assert_eq!(fs::read_to_string(&parent_page).unwrap(), "v1\n");
+    assert!(!env
+        .store
+        .join("pool/worlds/Parent/srv/www/new.html")
+        .exists());
+    let again = env.world(&["undo", "Parent"]);
+    assert_eq!(again.code, 2);
+    assert!(
+        again
+            .stderr
+            .starts_with("error: world `Parent` has no merge that can be undone"),
+        "{}",
+        again.stderr
+    );
+}
+
+#[test]
+fn conflict_refuses_with_exit_1() {
+    let env = TestEnv::new();
+    let child = family(&env);
+    fs::write(child.join("etc/app.conf"), "a=child\n").unwrap();
+    fs::write(
+        env.store.join("pool/worlds/Parent/etc/app.conf"),
+        "a=parent\n",
+    )
+    .unwrap();
+
+    let refused = env.world(&["merge", "Child"]);
+    assert_eq!(refused.code, 1);
+    assert_eq!(
+        refused.stdout,
+        "conflict write-write /etc/app.conf: child modified /etc/app.conf, parent modified /etc/app.conf\n"
+    );
+    assert!(refused
+        .stderr
+        .starts_with("merge of `Child` into `Parent` refused: 1 conflict; nothing changed\n"));
+    let json = env.world(&["merge", "--json", "Child"]);
+    assert_eq!(json.code, 1);
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(value["applied"], false);
+    assert_eq!(value["conflicts"][0]["kind"], "write-write");
+    assert_eq!(value["conflicts"][0]["path"], "/etc/app.conf");
+
+    env.world_ok(&["merge", "--prefer", "child", "Child"]);
+    let conf = fs::read_to_string(env.store.join("pool/worlds/Parent/etc/app.conf")).unwrap();
+    assert_eq!(conf, "a=child\n");
+}
+
+#[test]
+fn wmerge_alias() {
+    let env = TestEnv::new();
+    let child = family(&env);
+    fs::write(child.join("etc/motd"), "hi\n").unwrap();
+    let wmerge = env.folder().join("wmerge");
+    std::os::unix::fs::symlink(WORLD, &wmerge).unwrap();
+    let wrong = run(env.command(&wmerge).args(["Child", "Child"]));
+    assert_eq!(wrong.code, 2);
+    let merged = run(env.command(&wmerge).args(["Child", "Parent"]));
+    assert_eq!(merged.code, 0, "{}", merged.stderr);
+    assert!(env.store.join("pool/worlds/Parent/etc/motd").exists());
+}
+
+#[test]
+fn crash_mid_merge_rolled_back() {
+    let env = TestEnv::new();
+    let child = family(&env);
+    for index in 0..20 {
+        fs::write(child.join(format!("srv/www/page{index}.html")), "new\n").unwrap();
+    }
+    let crashed = run(env
+        .command(WORLD)
+        .env("WORLDS_TEST_CRASH_AT", "mid-merge")
+        .args(["merge", "Child"])
+        .stderr(Stdio::null()));
+    assert_eq!(crashed.code, 128 + 6, "the merge should abort");
+    let half = fs::read_dir(env.store.join("pool/worlds/Parent/srv/www"))
+        .unwrap()
+        .count();
+    assert!(
+        half > 1,
+        "some pages should have reached the parent before the crash"
+    );
+
+    let recovered = env.world_ok(&["recover"]);
+    let first = recovered.stderr.lines().next().unwrap();
+    assert_eq!(
+        first,
+        "warning: merge 1 of `Child` into `Parent` was interrupted; `Parent` is back at its state before the merge"
+    );
+    assert_eq!(fs::read_dir(env.store.join("pool/tmp")).unwrap().count(), 0);
+    let pages = fs::read_dir(env.store.join("pool/worlds/Parent/srv/www"))
+        .unwrap()
+        .count();
+    assert_eq!(pages, 1, "only index.html is left");
+    assert_eq!(env.world_ok(&["diff", "Child"]).stdout.lines().count(), 20);
+    env.world_ok(&["merge", "Child"]);
+    let pages = fs::read_dir(env.store.join("pool/worlds/Parent/srv/www"))
+        .unwrap()
+        .count();
+    assert_eq!(pages, 21);
+}
+
+#[test]
+fn crash_before_done_completed() {
+    let env = TestEnv::new();
+    let child = family(&env);
+    fs::write(child.join("etc/motd"), "hi\n").unwrap();
+    let crashed = run(env
+        .command(WORLD)
+        .env("WORLDS_TEST_CRASH_AT", "before-merge-done")
+        .args(["merge", "Child"])
+        .stderr(Stdio::null()));
+    assert_eq!(crashed.code, 128 + 6);
+    let list = env.world_ok(&["list"]);
+    let first = list.stderr.lines().next().unwrap();
+    assert_eq!(
+        first,
+        "warning: merge 1 of `Child` into `Parent` was interrupted after all its changes were applied; it is now complete"
+    );
+    assert_eq!(fs::read_dir(env.store.join("pool/tmp")).unwrap().count(), 0);
+    assert!(env.store.join("pool/worlds/Parent/etc/motd").exists());
+    assert_eq!(env.world_ok(&["diff", "Child"]).stdout, "");
+    assert_eq!(env.world_ok(&["recover"]).stderr, "nothing to recover\n");
+}

@@ -1,0 +1,524 @@
+//! Merge, undo and the recovery of interrupted merges.
+//!
+//! A merge runs under the store lock in these steps, each recorded in the
+//! journal (table `merges`) before the next starts:
+//!
+//! 1. plan from both sides' changes since the child's base; stop on
+//!    conflicts or for a dry run, having changed nothing;
+//! 2. journal the merge as `preparing` and take a read-only pre-merge
+//!    snapshot of the parent, `premerge/ID.parent`;
+//! 3. build the child's new base in `tmp/merge.ID.base` (old base plus the
+//!    applied and identical changes);
+//! 4. journal `applying`, then apply the steps to the parent;
+//! 5. journal `publishing`, keep a snapshot of the old base as
+//!    `premerge/ID.base` and put the new base in its place;
+//! 6. journal `done` with the operation log entry in one transaction.
+//!
+//! A merge interrupted in `preparing` or `applying` is rolled back by the
+//! next command: the parent returns to its pre-merge snapshot through the
+//! same apply engine, and the child keeps its old base. One interrupted in
+//! `publishing` is completed instead, since the parent already has every
+//! change. Either way the command reports which.
+//!
+//! # Limitations
+//!
+//! - NOTE: the child's read set is empty until access tracking exists, so
+//!   no read-write conflict is found yet.
+//! - NOTE: a running parent is not frozen while changes are applied, because
+//!   worlds cannot run processes yet.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use super::{
+    remove_quietly, remove_subvolume, Cleanup, DiffSubject, Result, Store, StoreError, TMP_DIR,
+};
+use crate::db::{MergeState, Since};
+use crate::diff::{engine, DiffOptions};
+use crate::merge::apply;
+use crate::merge::plan::{self, Plan, PlanOptions};
+use crate::name::WorldName;
+use crate::path::WorldPath;
+use crate::sys::btrfs;
+
+/// Directory of the pool that keeps pre-merge snapshots for undo.
+pub(super) const PREMERGE_DIR: &str = "premerge";
+/// How many merges into one parent keep their pre-merge snapshots.
+pub const KEEP_PREMERGE: usize = 5;
+
+/// Options of [`Store::merge`].
+#[derive(Debug, Clone, Default)]
+pub struct MergeOptions {
+    pub plan: PlanOptions,
+    /// Compute and return the plan without changing anything.
+    pub dry_run: bool,
+    /// Refuse unless the child's parent is this world.
+    pub expected_parent: Option<WorldName>,
+}
+
+/// What [`Store::merge`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MergeOutcome {
+    pub child: WorldName,
+    pub parent: WorldName,
+    /// The journal id of the merge, when it was applied.
+    pub merge_id: Option<i64>,
+    pub applied: bool,
+    #[serde(flatten)]
+    pub plan: Plan,
+}
+
+/// What [`Store::undo`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UndoOutcome {
+    pub parent: WorldName,
+    pub child: String,
+    pub merge_id: i64,
+    /// Number of steps that took the parent back.
+    pub steps: usize,
+}
+
+/// A report of apply progress: steps done and steps in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeProgress {
+    pub done: usize,
+    pub total: usize,
+}
+
+impl Store {
+    fn premerge_path(&self, id: i64, side: &str) -> PathBuf {
+        self.pool.join(PREMERGE_DIR).join(format!("{id}.{side}"))
+    }
+
+    fn new_base_path(&self, id: i64) -> PathBuf {
+        self.pool.join(TMP_DIR).join(format!("merge.{id}.base"))
+    }
+
+    /// Merges the changes that child world `child` made since its base
+    /// into its parent, all or nothing.
+    ///
+    /// Conflicts are not errors: the outcome carries them and `applied`
+    /// stays false, with nothing changed.
+    pub fn merge(
+        &mut self,
+        child: &WorldName,
+        options: &MergeOptions,
+        progress: &dyn Fn(MergeProgress),
+    ) -> Result<MergeOutcome> {
+        let _lock = self.lock()?;
+        self.reconcile()?;
+        let record = self.world(child)?;
+        let Some(parent) = record.parent.clone() else {
+            return Err(StoreError::NoBase {
+                name: child.clone(),
+            });
+        };
+        if let Some(expected) = &options.expected_parent {
+            if expected != &parent {
+                return Err(StoreError::WrongParent {
+                    child: child.clone(),
+                    expected: expected.clone(),
+                    actual: Some(parent),
+                });
+            }
+        }
+
+        // Plan against read-only snapshots of both sides.
+        let child_view = self.open_diff(child, DiffSubject::World)?;
+        let parent_view = self.open_diff(child, DiffSubject::Parent)?;
+        let ours = child_view.changes(&DiffOptions::default())?;
+        let theirs = parent_view.changes(&DiffOptions::default())?;
+        let reads = BTreeSet::new();
+        let same_data = |path: &WorldPath| {
+            engine::same_data(
+                &path.under(child_view.world_root()),
+                &path.under(parent_view.world_root()),
+            )
+            .unwrap_or(false)
+        };
+        let plan = plan::build(&ours, &theirs, &reads, &options.plan, &same_data);
+        let mut outcome = MergeOutcome {
+            child: child.clone(),
+            parent: parent.clone(),
+            merge_id: None,
+            applied: false,
+            plan,
+        };
+        if options.dry_run || !outcome.plan.conflicts.is_empty() {
+            return Ok(outcome);
+        }
+
+        let applied = self.apply_merge(
+            child,
+            &parent,
+            &outcome.plan,
+            child_view.world_root(),
+            progress,
+        );
+        let id = match applied {
+            Ok(id) => id,
+            Err(error) => {
+                // Roll the parent back now rather than at the next command.
+                if let Err(recovery) = self.recover_merges() {
+                    tracing::warn!(error = %recovery, "rolling back the failed merge failed; the next command retries");
+                }
+                return Err(error);
+            }
+        };
+        outcome.merge_id = Some(id);
+        outcome.applied = true;
+        tracing::info!(child = %child, parent = %parent, merge = id, steps = outcome.plan.steps.len(), "merge published");
+        Ok(outcome)
+    }
+
+    fn apply_merge(
+        &mut self,
+        child: &WorldName,
+        parent: &WorldName,
+        plan: &Plan,
+        source: &Path,
+        progress: &dyn Fn(MergeProgress),
+    ) -> Result<i64> {
+        let merge_error = |source| StoreError::Merge {
+            child: child.clone(),
+            parent: parent.clone(),
+            source,
+        };
+        // Where the child's diffs search afterwards. The new base is a
+        // snapshot of the child as read for this merge (`source`), so its
+        // unchanged files keep the child's inodes and ctimes, and a complete
+        // merge lets the child's search start at that snapshot. A partial
+        // one reverts some paths to the old base, whose older changes the
+        // search must still find. The parent's search never moves: the new
+        // base is not a snapshot of the parent.
+        let old_base = self.base_path(child);
+        let info = |path: &Path| File::open(path).and_then(|dir| btrfs::subvolume_info(&dir));
+        let old_since = info(&old_base).map_err(merge_error)?.otransid;
+        let read_at = info(source).map_err(merge_error)?.otransid;
+        let record = self.world(child)?;
+        // Explicit values, because undo brings the old base back as a new
+        // snapshot, whose own creation is too late a starting point.
+        let previous = Since {
+            world: Some(record.since_world.unwrap_or(old_since)),
+            parent: Some(record.since_parent.unwrap_or(old_since)),
+        };
+        let next = Since {
+            world: Some(if plan.revert_steps.is_empty() {
+                read_at
+            } else {
+                previous.world.unwrap_or(old_since)
+            }),
+            parent: previous.parent,
+        };
+        let summary = serde_json::json!({ "steps": plan.steps, "revert_steps": plan.revert_steps });
+        let writer = self.db.transaction()?;
+        let id = writer.insert_merge(parent, child, &summary, previous, next)?;
+        writer.commit()?;
+
+        // The pre-merge snapshot and the new base, before the parent changes.
+        create_dir_if_missing(&self.pool.join(PREMERGE_DIR)).map_err(merge_error)?;
+        let premerge = self.premerge_path(id, "parent");
+        snapshot(&self.world_path(parent), &premerge, true).map_err(merge_error)?;
+        let new_base = self.new_base_path(id);
+        snapshot(source, &new_base, false).map_err(merge_error)?;
+        apply::apply(&new_base, &old_base, &plan.revert_steps, &|_| {}).map_err(|error| {
+            StoreError::Apply {
+                world: child.clone(),
+                source: error,
+            }
+        })?;
+
+        let writer = self.db.transaction()?;
+        writer.set_merge_state(id, MergeState::Applying)?;
+        writer.commit()?;
+        let total = plan.steps.len();
+        let crash_mid_merge = self.crash_point == Some(super::CrashPoint::MidMerge);
+        apply::apply(&self.world_path(parent), source, &plan.steps, &|done| {
+            if crash_mid_merge && done * 2 >= total {
+                std::process::abort();
+            }
+            progress(MergeProgress { done, total })
+        })
+        .map_err(|error| StoreError::Apply {
+            world: parent.clone(),
+            source: error,
+        })?;
+
+        // The parent's new files must be on disk before the journal says
+        // they are: a crash after `publishing` is rolled forward.
+        File::open(self.world_path(parent))
+            .and_then(|dir| {
+                use std::os::fd::AsRawFd;
+                nix::unistd::syncfs(dir.as_raw_fd()).map_err(std::io::Error::from)
+            })
+            .map_err(merge_error)?;
+        let writer = self.db.transaction()?;
+        writer.set_merge_state(id, MergeState::Publishing)?;
+        writer.commit()?;
+        self.publish_base(id, child).map_err(merge_error)?;
+        if self.crash_point == Some(super::CrashPoint::BeforeMergeDone) {
+            std::process::abort();
+        }
+        let writer = self.db.transaction()?;
+        writer.set_merge_state(id, MergeState::Done)?;
+        writer.set_since(child.as_str(), next)?;
+        writer.log(
+            "merge",
+            Some(parent),
+            &serde_json::json!({
+                "merge": id,
+                "child": child,
+                "parent": parent,
+                "steps": plan.steps.len(),
+                "identical": plan.identical.len(),
+                "kept_parent": plan.kept_parent.len(),
+            }),
+        )?;
+        writer.commit()?;
+        self.prune_premerge(parent)?;
+        Ok(id)
+    }
+
+    /// Returns `parent` to its state before its last merge that can still
+    /// be undone, and gives the merged child its old base back.
+    pub fn undo(
+        &mut self,
+        parent: &WorldName,
+        progress: &dyn Fn(MergeProgress),
+    ) -> Result<UndoOutcome> {
+        let _lock = self.lock()?;
+        self.reconcile()?;
+        self.world(parent)?;
+        let merges = self.db.merges(&[MergeState::Done], Some(parent.as_str()))?;
+        let Some(last) = merges
+            .into_iter()
+            .rev()
+            .find(|merge| self.premerge_path(merge.id, "parent").exists())
+        else {
+            return Err(StoreError::NothingToUndo {
+                parent: parent.clone(),
+            });
+        };
+
+        let steps = self.restore(parent, &self.premerge_path(last.id, "parent"), progress)?;
+        self.restore_base(last.id, &last.child)?;
+        let writer = self.db.transaction()?;
+        writer.set_merge_state(last.id, MergeState::Undone)?;
+        writer.set_since(&last.child, last.previous)?;
+        writer.log(
+            "undo",
+            Some(parent),
+            &serde_json::json!({ "merge": last.id, "child": last.child, "steps": steps }),
+        )?;
+        writer.commit()?;
+        remove_quietly(&self.premerge_path(last.id, "parent"));
+        tracing::info!(parent = %parent, merge = last.id, "merge undone");
+        Ok(UndoOutcome {
+            parent: parent.clone(),
+            child: last.child,
+            merge_id: last.id,
+            steps,
+        })
+    }
+
+    /// Makes world `name` equal to the read-only snapshot `earlier` of it,
+    /// through the apply engine, and returns the number of steps.
+    fn restore(
+        &self,
+        name: &WorldName,
+        earlier: &Path,
+        progress: &dyn Fn(MergeProgress),
+    ) -> Result<usize> {
+        let restore_error = |source| StoreError::Diff {
+            name: name.clone(),
+            child: name.clone(),
+            source,
+        };
+        let since = File::open(earlier)
+            .and_then(|earlier| btrfs::subvolume_info(&earlier))
+            .map_err(restore_error)?
+            .otransid;
+        let now = self
+            .pool
+            .join(TMP_DIR)
+            .join(format!("restore.{}.{name}", std::process::id()));
+        snapshot(&self.world_path(name), &now, true).map_err(restore_error)?;
+        let sides = engine::Sides {
+            base: earlier,
+            world: &now,
+        };
+        let changes = engine::fast(&sides, since);
+        remove_quietly(&now);
+        let steps = plan::restore_steps(&changes.map_err(restore_error)?);
+
+        let total = steps.len();
+        apply::apply(&self.world_path(name), earlier, &steps, &|done| {
+            progress(MergeProgress { done, total })
+        })
+        .map_err(|error| StoreError::Apply {
+            world: name.clone(),
+            source: error,
+        })?;
+        Ok(total)
+    }
+
+    /// Replaces the base of `child` by the new base of merge `id`, keeping
+    /// a read-only snapshot of the old one for undo. Each step checks what
+    /// is done already, so an interrupted swap can be run again.
+    ///
+    /// Read-only subvolumes cannot be renamed (EROFS), so the old base is
+    /// kept by snapshot, and the new base stays writable until it is in
+    /// place.
+    fn publish_base(&self, id: i64, child: &WorldName) -> std::io::Result<()> {
+        let new_base = self.new_base_path(id);
+        if !new_base.exists() {
+            return Ok(());
+        }
+        let base = self.base_path(child);
+        let old_base = self.premerge_path(id, "base");
+        if base.exists() {
+            if !old_base.exists() {
+                snapshot(&base, &old_base, true)?;
+            }
+            remove_subvolume(&base).map_err(std::io::Error::other)?;
+        }
+        fs::rename(&new_base, &base)?;
+        btrfs::set_read_only(&File::open(&base)?, true)
+    }
+
+    /// Gives child `child` its base from before merge `id` back, if both
+    /// still exist.
+    fn restore_base(&self, id: i64, child: &str) -> Result<()> {
+        let old_base = self.premerge_path(id, "base");
+        let Ok(child) = WorldName::new(child) else {
+            return Ok(());
+        };
+        if !old_base.exists() || self.db.world(&child)?.is_none() {
+            return Ok(());
+        }
+        let base = self.base_path(&child);
+        if base.exists() {
+            remove_subvolume(&base)?;
+        }
+        snapshot(&old_base, &base, true).map_err(|source| StoreError::Move {
+            from: old_base.clone(),
+            to: base,
+            source,
+        })?;
+        remove_subvolume(&old_base)
+    }
+
+    /// Finishes or rolls back merges that a crash interrupted. The caller
+    /// holds the store lock.
+    pub(super) fn recover_merges(&mut self) -> Result<Vec<Cleanup>> {
+        let interrupted = self.db.merges(
+            &[
+                MergeState::Preparing,
+                MergeState::Applying,
+                MergeState::Publishing,
+            ],
+            None,
+        )?;
+        let mut cleanups = Vec::new();
+        for merge in interrupted {
+            let (Ok(parent), Ok(child)) =
+                (WorldName::new(&merge.parent), WorldName::new(&merge.child))
+            else {
+                continue;
+            };
+            let new_base = self.new_base_path(merge.id);
+            let premerge = self.premerge_path(merge.id, "parent");
+            let recover_error = |source| StoreError::Merge {
+                child: child.clone(),
+                parent: parent.clone(),
+                source,
+            };
+            let state = if merge.state == MergeState::Publishing {
+                // Every change reached the parent: finish the base swap.
+                if self.db.world(&child)?.is_some() {
+                    self.publish_base(merge.id, &child).map_err(recover_error)?;
+                } else if new_base.exists() {
+                    remove_subvolume(&new_base)?;
+                }
+                MergeState::Done
+            } else {
+                let parent_exists = self.db.world(&parent)?.is_some();
+                if merge.state == MergeState::Applying && premerge.exists() && parent_exists {
+                    self.restore(&parent, &premerge, &|_| {})?;
+                }
+                for leftover in [new_base, premerge, self.premerge_path(merge.id, "base")] {
+                    if leftover.exists() {
+                        remove_subvolume(&leftover)?;
+                    }
+                }
+                MergeState::RolledBack
+            };
+
+            let writer = self.db.transaction()?;
+            writer.set_merge_state(merge.id, state)?;
+            if state == MergeState::Done {
+                writer.set_since(child.as_str(), merge.next)?;
+            }
+            let kind = if state == MergeState::Done {
+                "merge"
+            } else {
+                "merge-rollback"
+            };
+            writer.log(
+                kind,
+                Some(&parent),
+                &serde_json::json!({ "merge": merge.id, "child": child, "parent": parent, "recovered": true }),
+            )?;
+            writer.commit()?;
+            tracing::info!(merge = merge.id, ?state, "interrupted merge recovered");
+            cleanups.push(if state == MergeState::Done {
+                Cleanup::MergeCompleted {
+                    merge: merge.id,
+                    child: child.clone(),
+                    parent: parent.clone(),
+                }
+            } else {
+                Cleanup::MergeRolledBack {
+                    merge: merge.id,
+                    child: child.clone(),
+                    parent: parent.clone(),
+                }
+            });
+        }
+        Ok(cleanups)
+    }
+
+    /// Deletes the pre-merge snapshots of `parent` beyond the newest
+    /// [`KEEP_PREMERGE`] merges.
+    fn prune_premerge(&self, parent: &WorldName) -> Result<()> {
+        let done = self.db.merges(&[MergeState::Done], Some(parent.as_str()))?;
+        let old = done.len().saturating_sub(KEEP_PREMERGE);
+        for merge in &done[..old] {
+            for side in ["parent", "base"] {
+                let path = self.premerge_path(merge.id, side);
+                if path.exists() {
+                    remove_subvolume(&path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Snapshots the subvolume at `source` to `dest`, whose parent directory
+/// must exist.
+fn snapshot(source: &Path, dest: &Path, read_only: bool) -> std::io::Result<()> {
+    let invalid = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    let parent = dest.parent().ok_or_else(invalid)?;
+    let name: &OsStr = dest.file_name().ok_or_else(invalid)?;
+    btrfs::snapshot(&File::open(source)?, &File::open(parent)?, name, read_only)
+}
+
+fn create_dir_if_missing(path: &Path) -> std::io::Result<()> {
+    match fs::create_dir(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => Err(error),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,346 @@
+//! Merging children into parents on real pools: plans, conflicts, the
+//! applied result, the child's new base, undo and recovery.
+
+use std::fs;
+use std::process::Command;
+
+use worlds::diff::DiffOptions;
+use worlds::merge::plan::{ConflictKind, PlanOptions, Side};
+use worlds::store::{Cleanup, MergeOptions, StoreError};
+use worlds::{Store, WorldName};
+
+use crate::common::{busybox, name, tree_listing, TestStore};
+
+fn shell(store: &Store, world: &str, script: &str) {
+    let output = Command::new("bash")
+        .args(["-euc", script])
+        .current_dir(store.world_path(&name(world)))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A root world `parent` with a few files, and a child `child` of it.
+fn family(fixture: &TestStore) -> Store {
+    let mut store = fixture.open();
+    store
+        .create_root(&name("parent"), &busybox(), &|_| {})
+        .unwrap();
+    shell(
+        &store,
+        "parent",
+        "mkdir -p srv/www && printf 'v1\\n' > srv/www/index.html && printf 'a=1\\n' > etc/app.conf && printf old > etc/old",
+    );
+    store.create_child(&name("child"), &name("parent")).unwrap();
+    store
+}
+
+fn merge(store: &mut Store, options: &MergeOptions) -> worlds::store::MergeOutcome {
+    store.merge(&name("child"), options, &|_| {}).unwrap()
+}
+
+/// Returns the attributes of every file in `world`, leaving out the mtime
+/// of directories: applying entries into a directory moves it, and diffs
+/// ignore it too.
+fn listing(store: &Store, world: &str) -> Vec<String> {
+    tree_listing(&store.world_path(&name(world)))
+        .into_iter()
+        .map(|line| match line.split_once(" d ") {
+            Some((path, rest)) if !line.starts_with("xattr") => {
+                let fields: Vec<&str> = rest.split(' ').collect();
+                format!("{path} d {} {}", fields[0], fields[1])
+            }
+            _ => line,
+        })
+        .collect()
+}
+
+/// Fails with the lines that differ between two listings.
+fn assert_same_tree(left: &[String], right: &[String]) {
+    let only_left: Vec<&String> = left.iter().filter(|line| !right.contains(line)).collect();
+    let only_right: Vec<&String> = right.iter().filter(|line| !left.contains(line)).collect();
+    assert!(
+        only_left.is_empty() && only_right.is_empty(),
+        "only on the left: {only_left:#?}\nonly on the right: {only_right:#?}"
+    );
+}
+
+fn diff_lines(store: &Store, world: &str) -> Vec<String> {
+    store
+        .diff(&name(world), &DiffOptions::default())
+        .unwrap()
+        .iter()
+        .map(|change| format!("{} {}", change.kind.letter(), change.path))
+        .collect()
+}
+
+#[test]
+fn merge_applies_every_kind() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    shell(
+        &store,
+        "child",
+        "printf 'v2\\n' > srv/www/index.html && rm etc/old && chmod 0600 etc/app.conf && mkdir srv/new && \
+         printf x > srv/new/file && ln -s ../www/index.html srv/new/link && mkfifo srv/new/fifo && \
+         ln srv/new/file srv/new/hardlink && setfattr -n user.note -v kept srv/new/file",
+    );
+    let outcome = merge(&mut store, &MergeOptions::default());
+    assert!(outcome.applied, "{outcome:?}");
+    assert_eq!(outcome.plan.conflicts, []);
+
+    // The parent now looks like the child, and the child's base moved.
+    assert_same_tree(&listing(&store, "parent"), &listing(&store, "child"));
+    assert_eq!(diff_lines(&store, "child"), Vec::<String>::new());
+    let file = store.world_path(&name("parent")).join("srv/new/file");
+    let hardlink = store.world_path(&name("parent")).join("srv/new/hardlink");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(&file).unwrap().ino(),
+        fs::metadata(&hardlink).unwrap().ino()
+    );
+    assert_eq!(store.operations(1).unwrap()[0].kind, "merge");
+
+    // The child can go on and be merged again.
+    shell(&store, "child", "printf more >> srv/new/file");
+    let again = merge(&mut store, &MergeOptions::default());
+    assert!(again.applied);
+    assert_eq!(
+        fs::read_to_string(store.world_path(&name("parent")).join("srv/new/file")).unwrap(),
+        "xmore"
+    );
+}
+
+#[test]
+fn write_write_conflict_changes_nothing() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    shell(
+        &store,
+        "child",
+        "printf 'a=2\\n' > etc/app.conf && printf new > etc/new",
+    );
+    shell(&store, "parent", "printf 'a=3\\n' > etc/app.conf");
+    let before = listing(&store, "parent");
+
+    let outcome = merge(&mut store, &MergeOptions::default());
+    assert!(!outcome.applied);
+    let conflicts: Vec<(ConflictKind, String)> = outcome
+        .plan
+        .conflicts
+        .iter()
+        .map(|c| (c.kind, c.path.to_string()))
+        .collect();
+    assert_eq!(
+        conflicts,
+        [(ConflictKind::WriteWrite, "/etc/app.conf".to_owned())]
+    );
+    assert_same_tree(&listing(&store, "parent"), &before);
+    assert_eq!(
+        diff_lines(&store, "child"),
+        ["M /etc/app.conf", "A /etc/new"]
+    );
+
+    let prefer_child = MergeOptions {
+        plan: PlanOptions {
+            prefer: Some(Side::Child),
+            ..PlanOptions::default()
+        },
+        ..MergeOptions::default()
+    };
+    assert!(merge(&mut store, &prefer_child).applied);
+    let conf = fs::read_to_string(store.world_path(&name("parent")).join("etc/app.conf")).unwrap();
+    assert_eq!(conf, "a=2\n");
+}
+
+#[test]
+fn prefer_parent_keeps_child_difference() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    shell(
+        &store,
+        "child",
+        "printf 'a=2\\n' > etc/app.conf && printf new > etc/new",
+    );
+    shell(&store, "parent", "printf 'a=3\\n' > etc/app.conf");
+    let options = MergeOptions {
+        plan: PlanOptions {
+            prefer: Some(Side::Parent),
+            ..PlanOptions::default()
+        },
+        ..MergeOptions::default()
+    };
+    assert!(merge(&mut store, &options).applied);
+    let conf = fs::read_to_string(store.world_path(&name("parent")).join("etc/app.conf")).unwrap();
+    assert_eq!(conf, "a=3\n");
+    assert!(store.world_path(&name("parent")).join("etc/new").exists());
+    // The child still differs where the parent's version won.
+    assert_eq!(diff_lines(&store, "child"), ["M /etc/app.conf"]);
+}
+
+#[test]
+fn identical_changes_merge_cleanly() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    shell(
+        &store,
+        "child",
+        "printf 'a=2\\n' > etc/app.conf && rm etc/old",
+    );
+    shell(
+        &store,
+        "parent",
+        "printf 'a=2\\n' > etc/app.conf && rm etc/old",
+    );
+    let outcome = merge(&mut store, &MergeOptions::default());
+    assert!(outcome.applied);
+    assert_eq!(outcome.plan.steps, []);
+    assert_eq!(outcome.plan.identical.len(), 2);
+    assert_eq!(diff_lines(&store, "child"), Vec::<String>::new());
+}
+
+#[test]
+fn structural_conflict_and_dry_run() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    shell(&store, "child", "printf v3 > srv/www/extra");
+    shell(&store, "parent", "rm -r srv/www");
+    let before = listing(&store, "parent");
+    let dry = MergeOptions {
+        dry_run: true,
+        ..MergeOptions::default()
+    };
+    let outcome = merge(&mut store, &dry);
+    assert_eq!(outcome.plan.conflicts[0].kind, ConflictKind::Structural);
+    assert!(!outcome.applied);
+    assert_same_tree(&listing(&store, "parent"), &before);
+}
+
+#[test]
+fn undo_restores_parent_and_child_base() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    let before = listing(&store, "parent");
+    shell(&store, "child", "printf 'v2\\n' > srv/www/index.html && rm etc/old && mkdir srv/new && printf x > srv/new/f");
+    assert!(merge(&mut store, &MergeOptions::default()).applied);
+    assert_ne!(listing(&store, "parent"), before);
+
+    let undone = store.undo(&name("parent"), &|_| {}).unwrap();
+    assert_eq!(undone.child, "child");
+    assert_same_tree(&listing(&store, "parent"), &before);
+    assert_eq!(
+        diff_lines(&store, "child"),
+        [
+            "D /etc/old",
+            "A /srv/new",
+            "A /srv/new/f",
+            "M /srv/www/index.html"
+        ]
+    );
+    let error = store.undo(&name("parent"), &|_| {}).unwrap_err();
+    assert!(matches!(error, StoreError::NothingToUndo { .. }), "{error}");
+}
+
+#[test]
+fn hostile_symlink_stays_inside() {
+    let fixture = TestStore::new();
+    let outside = fixture.scratch().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let mut store = family(&fixture);
+    // The child replaces a directory by a symlink that points out of the
+    // world and changes a file "below" it in the same merge.
+    shell(
+        &store,
+        "child",
+        &format!(
+            "rm -r srv/www && ln -s {} srv/www && printf evil > srv/evil",
+            outside.display()
+        ),
+    );
+    let outcome = merge(&mut store, &MergeOptions::default());
+    assert!(outcome.applied, "{outcome:?}");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    let link = store.world_path(&name("parent")).join("srv/www");
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn merge_of_root_world_rejected() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    let error = store
+        .merge(&name("parent"), &MergeOptions::default(), &|_| {})
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NoBase { .. }), "{error}");
+    let wrong = MergeOptions {
+        expected_parent: Some(name("child")),
+        ..MergeOptions::default()
+    };
+    let error = store.merge(&name("child"), &wrong, &|_| {}).unwrap_err();
+    assert!(matches!(error, StoreError::WrongParent { .. }), "{error}");
+    let _ = Cleanup::Removed { path: "x".into() };
+    let _: WorldName = name("unused");
+}
+
+#[test]
+fn later_parent_change_still_conflicts() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    // The parent changes a file the child has not touched, then the child
+    // merges something else.
+    shell(&store, "parent", "printf 'a=parent\\n' > etc/app.conf");
+    shell(&store, "child", "printf new > etc/new");
+    assert!(merge(&mut store, &MergeOptions::default()).applied);
+    let parent_side: Vec<String> = store
+        .diff_parent(&name("child"), &DiffOptions::default())
+        .unwrap()
+        .iter()
+        .map(|change| format!("{} {}", change.kind.letter(), change.path))
+        .collect();
+    assert_eq!(parent_side, ["M /etc/app.conf"]);
+
+    // The child now edits that file: the parent's earlier change must
+    // still make this a conflict rather than be overwritten.
+    shell(&store, "child", "printf 'a=child\\n' > etc/app.conf");
+    let outcome = merge(&mut store, &MergeOptions::default());
+    let conflicts: Vec<String> = outcome
+        .plan
+        .conflicts
+        .iter()
+        .map(|c| c.path.to_string())
+        .collect();
+    assert_eq!(conflicts, ["/etc/app.conf"]);
+}
+
+#[test]
+fn partial_merge_then_rest() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    shell(
+        &store,
+        "child",
+        "printf one > etc/one && mkdir srv/two && printf two > srv/two/f",
+    );
+    let only_etc = MergeOptions {
+        plan: PlanOptions {
+            only: vec![worlds::path::WorldPath::from_bytes(b"etc")],
+            ..PlanOptions::default()
+        },
+        ..MergeOptions::default()
+    };
+    assert!(merge(&mut store, &only_etc).applied);
+    assert!(store.world_path(&name("parent")).join("etc/one").exists());
+    assert!(!store.world_path(&name("parent")).join("srv/two").exists());
+    assert_eq!(diff_lines(&store, "child"), ["A /srv/two", "A /srv/two/f"]);
+
+    assert!(merge(&mut store, &MergeOptions::default()).applied);
+    assert!(store.world_path(&name("parent")).join("srv/two/f").exists());
+    assert_eq!(diff_lines(&store, "child"), Vec::<String>::new());
+}
