@@ -408,6 +408,26 @@ fn hard_links_stay_links() {
 }
 
 #[test]
+fn hard_link_to_removed_path_copies() {
+    let pair = Pair::new();
+    shell(&pair.source(), "printf x > a && ln a b");
+
+    // The link `b` cannot be made to `a` once `a` is gone, so it becomes a
+    // file of its own.
+    let steps = [
+        Step::Put(world_path("a")),
+        Step::Remove(world_path("a")),
+        Step::Put(world_path("b")),
+    ];
+    pair.apply(&steps).unwrap();
+
+    assert!(!pair.target().join("a").exists());
+    let b = pair.target().join("b");
+    assert_eq!(std::fs::read_to_string(&b).unwrap(), "x");
+    assert_eq!(std::fs::metadata(&b).unwrap().nlink(), 1);
+}
+
+#[test]
 fn xattrs_acl_capability_kept() {
     let pair = Pair::new();
     shell(

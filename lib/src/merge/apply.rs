@@ -591,7 +591,7 @@ impl Applier {
         if origin_inode != Some(earlier.target_inode) {
             tracing::debug!(
                 origin = %earlier.path,
-                "the earlier link was replaced or removed; making a new file"
+                "earlier link replaced or removed, making a new file"
             );
             return Ok(false);
         }
@@ -658,21 +658,30 @@ impl Applier {
 }
 
 /// Creates the directory at `target` unless it `exists`, then gives it the
-/// source's attributes.
+/// source's attributes. A directory created here is removed again when its
+/// attributes cannot be set.
 fn put_directory(
     target: &Location,
     entry: &Entry,
     metadata: &Metadata,
     exists: bool,
 ) -> Result<(), StepError> {
-    if !exists {
-        // Closed to others until its own mode is set.
-        target
-            .dir
-            .make_dir(&target.name, 0o700)
-            .map_err(StepError::MakeDirectory)?;
+    if exists {
+        return set_attributes(&target.dir, &target.name, entry, metadata);
     }
-    set_attributes(&target.dir, &target.name, entry, metadata)
+
+    // Closed to others until its own mode is set.
+    target
+        .dir
+        .make_dir(&target.name, 0o700)
+        .map_err(StepError::MakeDirectory)?;
+    let result = set_attributes(&target.dir, &target.name, entry, metadata);
+    if result.is_err() {
+        if let Err(error) = target.dir.remove_dir(&target.name) {
+            tracing::warn!(name = ?target.name, %error, "could not remove a new directory");
+        }
+    }
+    result
 }
 
 /// Makes a temporary regular file in `dir` that shares the data of the
