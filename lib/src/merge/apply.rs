@@ -25,7 +25,7 @@
 //! A non-directory is made under a temporary name `.world-merge.<pid>.<n>`
 //! in its target directory, given its attributes, then renamed onto its
 //! final name. A reader sees the old file or the new one, never a partial
-//! one, and a process that holds the old file open keeps reading the old
+//! one, and a process that has the old file open keeps reading the old
 //! data. A regular file shares its data blocks with the source through
 //! `FICLONE`, so its size costs no copy and holes stay holes. A directory
 //! is created in place, or only given attributes when it exists.
@@ -533,6 +533,8 @@ impl Applier {
         let existing_type = existing.as_ref().map(target_type).transpose()?;
         check_replaceable(existing_type, entry.file_type)?;
 
+        // NOTE: only paths put in this call are linked together, so a link
+        // to a target file that this call did not put becomes a new file.
         let source_inode = (metadata.dev(), metadata.ino());
         let has_links = entry.file_type != FileType::Directory && metadata.nlink() > 1;
         if has_links {
