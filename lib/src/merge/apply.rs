@@ -25,7 +25,7 @@
 //! A non-directory is made under a temporary name `.world-merge.<pid>.<n>`
 //! in its target directory, given its attributes, then renamed onto its
 //! final name. A reader sees the old file or the new one, never a partial
-//! one, and a process that holds the old file open keeps reading the old
+//! one, and a process that has the old file open keeps reading the old
 //! data. A regular file shares its data blocks with the source through
 //! `FICLONE`, so its size costs no copy and holes stay holes. A directory
 //! is created in place, or only given attributes when it exists.
@@ -533,6 +533,8 @@ impl Applier {
         let existing_type = existing.as_ref().map(target_type).transpose()?;
         check_replaceable(existing_type, entry.file_type)?;
 
+        // NOTE: only paths put in this call are linked together, so a link
+        // to a target file that this call did not put becomes a new file.
         let source_inode = (metadata.dev(), metadata.ino());
         let has_links = entry.file_type != FileType::Directory && metadata.nlink() > 1;
         if has_links {
@@ -591,7 +593,7 @@ impl Applier {
         if origin_inode != Some(earlier.target_inode) {
             tracing::debug!(
                 origin = %earlier.path,
-                "the earlier link was replaced or removed; making a new file"
+                "earlier link replaced or removed, making a new file"
             );
             return Ok(false);
         }
@@ -658,21 +660,30 @@ impl Applier {
 }
 
 /// Creates the directory at `target` unless it `exists`, then gives it the
-/// source's attributes.
+/// source's attributes. A directory created here is removed again when its
+/// attributes cannot be set.
 fn put_directory(
     target: &Location,
     entry: &Entry,
     metadata: &Metadata,
     exists: bool,
 ) -> Result<(), StepError> {
-    if !exists {
-        // Closed to others until its own mode is set.
-        target
-            .dir
-            .make_dir(&target.name, 0o700)
-            .map_err(StepError::MakeDirectory)?;
+    if exists {
+        return set_attributes(&target.dir, &target.name, entry, metadata);
     }
-    set_attributes(&target.dir, &target.name, entry, metadata)
+
+    // Closed to others until its own mode is set.
+    target
+        .dir
+        .make_dir(&target.name, 0o700)
+        .map_err(StepError::MakeDirectory)?;
+    let result = set_attributes(&target.dir, &target.name, entry, metadata);
+    if result.is_err() {
+        if let Err(error) = target.dir.remove_dir(&target.name) {
+            tracing::warn!(name = ?target.name, %error, "could not remove a new directory");
+        }
+    }
+    result
 }
 
 /// Makes a temporary regular file in `dir` that shares the data of the
