@@ -43,6 +43,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                     | StoreError::NotADirectory { .. }
                     | StoreError::InsideStore { .. }
                     | StoreError::NothingToUndo { .. }
+                    | StoreError::NotSibling { .. }
             )
         });
         let rootfs = cause.downcast_ref::<RootfsError>().is_some_and(|error| {

@@ -169,3 +169,46 @@ fn crash_before_done_completed() {
     assert_eq!(env.world_ok(&["diff", "Child"]).stdout, "");
     assert_eq!(env.world_ok(&["recover"]).stderr, "nothing to recover\n");
 }
+
+#[test]
+fn wcreate_combines_siblings() {
+    let env = TestEnv::new();
+    let child = family(&env);
+    env.world_ok(&["create", "Child2", "Parent"]);
+    fs::write(child.join("srv/www/index.html"), "v2\n").unwrap();
+    fs::write(env.store.join("pool/worlds/Child2/etc/db"), "db\n").unwrap();
+    let wcreate = env.folder().join("wcreate");
+    std::os::unix::fs::symlink(WORLD, &wcreate).unwrap();
+
+    let combined = run(env.command(&wcreate).args(["Child3", "Child", "Child2"]));
+    assert_eq!(combined.code, 0, "{}", combined.stderr);
+    assert!(
+        combined.stderr.starts_with(
+            "created world `Child3` from `Parent` with the changes of `Child`, `Child2` in "
+        ),
+        "{}",
+        combined.stderr
+    );
+    assert_eq!(
+        env.world_ok(&["diff", "Child3"]).stdout,
+        "A\t/etc/db\nM\t/srv/www/index.html\n"
+    );
+
+    fs::write(
+        env.store.join("pool/worlds/Child2/srv/www/index.html"),
+        "v3\n",
+    )
+    .unwrap();
+    let conflict = env.world(&[
+        "create", "Child4", "Parent", "--with", "Child", "--with", "Child2",
+    ]);
+    assert_eq!(conflict.code, 1);
+    assert!(
+        conflict
+            .stdout
+            .starts_with("conflict write-write /srv/www/index.html"),
+        "{}",
+        conflict.stdout
+    );
+    assert!(!env.store.join("pool/worlds/Child4").exists());
+}

@@ -54,7 +54,9 @@ use crate::sys::btrfs;
 
 mod merging;
 
-pub use merging::{MergeOptions, MergeOutcome, MergeProgress, UndoOutcome, KEEP_PREMERGE};
+pub use merging::{
+    CombineOutcome, MergeOptions, MergeOutcome, MergeProgress, UndoOutcome, KEEP_PREMERGE,
+};
 
 /// Version of the on-disk layout described in this module's documentation.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -147,6 +149,11 @@ pub enum StoreError {
     },
     #[error("world `{parent}` has no merge that can be undone")]
     NothingToUndo { parent: WorldName },
+    #[error("world `{sibling}` is not a child of `{parent}`, so it cannot be combined into a child of it")]
+    NotSibling {
+        sibling: WorldName,
+        parent: WorldName,
+    },
     #[error("compare world `{name}` with the base of `{child}`")]
     Diff {
         name: WorldName,
@@ -590,6 +597,11 @@ impl Store {
     pub fn create_child(&mut self, child: &WorldName, parent: &WorldName) -> Result<WorldRecord> {
         let _lock = self.lock()?;
         self.reconcile()?;
+        self.make_child(child, parent)
+    }
+
+    /// Does the work of [`Store::create_child`]; the caller holds the lock.
+    fn make_child(&mut self, child: &WorldName, parent: &WorldName) -> Result<WorldRecord> {
         let parent_record = self.world(parent)?;
         self.check_free(child)?;
 
@@ -698,6 +710,15 @@ impl Store {
     pub fn delete(&mut self, name: &WorldName, options: &DeleteOptions) -> Result<Vec<WorldName>> {
         let _lock = self.lock()?;
         self.reconcile()?;
+        self.delete_worlds(name, options)
+    }
+
+    /// Does the work of [`Store::delete`]; the caller holds the lock.
+    fn delete_worlds(
+        &mut self,
+        name: &WorldName,
+        options: &DeleteOptions,
+    ) -> Result<Vec<WorldName>> {
         let all = self.worlds()?;
         let Some(world) = all.iter().find(|world| &world.name == name) else {
             return Err(StoreError::WorldNotFound { name: name.clone() });

@@ -344,3 +344,80 @@ fn partial_merge_then_rest() {
     assert!(store.world_path(&name("parent")).join("srv/two/f").exists());
     assert_eq!(diff_lines(&store, "child"), Vec::<String>::new());
 }
+
+#[test]
+fn combine_siblings() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    store.create_child(&name("other"), &name("parent")).unwrap();
+    shell(&store, "child", "printf 'v2\\n' > srv/www/index.html");
+    shell(
+        &store,
+        "other",
+        "printf 'a=2\\n' > etc/app.conf && printf db > etc/db",
+    );
+    // The parent moves on after the siblings were made.
+    shell(&store, "parent", "printf later > etc/later");
+
+    let outcome = store
+        .create_combined(
+            &name("both"),
+            &name("parent"),
+            &[name("child"), name("other")],
+        )
+        .unwrap();
+    assert!(outcome.created, "{outcome:?}");
+    let root = store.world_path(&name("both"));
+    assert_eq!(
+        fs::read_to_string(root.join("srv/www/index.html")).unwrap(),
+        "v2\n"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("etc/app.conf")).unwrap(),
+        "a=2\n"
+    );
+    assert_eq!(fs::read_to_string(root.join("etc/later")).unwrap(), "later");
+    assert_eq!(
+        diff_lines(&store, "both"),
+        ["M /etc/app.conf", "A /etc/db", "M /srv/www/index.html"]
+    );
+
+    // Merging the combination brings both changes to the parent.
+    let merged = store
+        .merge(&name("both"), &MergeOptions::default(), &|_| {})
+        .unwrap();
+    assert!(merged.applied);
+    let parent = store.world_path(&name("parent"));
+    assert_eq!(fs::read_to_string(parent.join("etc/db")).unwrap(), "db");
+}
+
+#[test]
+fn combine_conflicting_siblings() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    store.create_child(&name("other"), &name("parent")).unwrap();
+    shell(&store, "child", "printf 'a=child\\n' > etc/app.conf");
+    shell(&store, "other", "printf 'a=other\\n' > etc/app.conf");
+
+    let outcome = store
+        .create_combined(
+            &name("both"),
+            &name("parent"),
+            &[name("child"), name("other")],
+        )
+        .unwrap();
+    assert!(!outcome.created);
+    let last = outcome.merges.last().unwrap();
+    assert_eq!(last.sibling, name("other"));
+    assert_eq!(last.plan.conflicts[0].kind, ConflictKind::WriteWrite);
+    assert!(store.world(&name("both")).is_err());
+    assert!(!store.world_path(&name("both")).exists());
+
+    let stranger = store
+        .create_combined(&name("x"), &name("child"), &[name("other")])
+        .unwrap_err();
+    assert!(
+        matches!(stranger, StoreError::NotSibling { .. }),
+        "{stranger}"
+    );
+}

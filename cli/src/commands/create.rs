@@ -1,5 +1,6 @@
 use std::time::Instant;
 
+use worlds::store::StoreError;
 use worlds::WorldName;
 
 use super::Context;
@@ -11,14 +12,25 @@ use crate::ui;
 /// instant, which diff and merge compare against. It takes milliseconds,
 /// whatever the size of PARENT.
 ///
-/// Alias: `wcreate CHILD PARENT`.
+/// With `--with SIBLING` (repeatable), CHILD also holds the changes of those
+/// children of PARENT, merged in order, to test them together. Given two or
+/// more worlds instead of PARENT (`world create NEW A B`), they are the
+/// siblings and their common parent is PARENT. A conflict between them is
+/// reported as a merge reports it, exit status 1, and CHILD is not made.
+///
+/// Alias: `wcreate CHILD PARENT`, or `wcreate NEW A B` for siblings A and B.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Name of the new world.
     child: WorldName,
-    /// The world to snapshot.
-    parent: WorldName,
-    /// Print the new world as JSON on stdout.
+    /// The world to snapshot, or two or more sibling worlds to combine.
+    #[arg(required = true, value_name = "PARENT")]
+    sources: Vec<WorldName>,
+    /// A child of PARENT whose changes the new world also gets (repeatable).
+    #[arg(long = "with", value_name = "SIBLING")]
+    with: Vec<WorldName>,
+    /// Print the new world as JSON on stdout; with siblings, the outcome of
+    /// merging each.
     #[arg(long)]
     json: bool,
 }
@@ -26,19 +38,72 @@ pub struct Args {
 pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     let started = Instant::now();
     let mut store = context.open_store()?;
-    store.create_child(&args.child, &args.parent)?;
-    let elapsed = started.elapsed();
+    let (parent, siblings) = if args.sources.len() == 1 {
+        (args.sources[0].clone(), args.with)
+    } else {
+        let first = &args.sources[0];
+        let Some(parent) = store.world(first)?.parent else {
+            return Err(StoreError::NoBase {
+                name: first.clone(),
+            }
+            .into());
+        };
+        let mut siblings = args.sources.clone();
+        siblings.extend(args.with);
+        (parent, siblings)
+    };
 
-    if args.json {
-        ui::print_json(&store.details(&args.child)?)?;
+    if siblings.is_empty() {
+        store.create_child(&args.child, &parent)?;
+        let elapsed = started.elapsed();
+        if args.json {
+            ui::print_json(&store.details(&args.child)?)?;
+        }
+        ui::status(
+            context.quiet,
+            format_args!(
+                "created world `{}` from `{parent}` in {}",
+                args.child,
+                ui::format_duration(elapsed)
+            ),
+        );
+        return Ok(ui::EXIT_OK);
     }
+
+    let outcome = store.create_combined(&args.child, &parent, &siblings)?;
+    if args.json {
+        ui::print_json(&outcome)?;
+    }
+    if !outcome.created {
+        if !args.json {
+            for merge in &outcome.merges {
+                for conflict in &merge.plan.conflicts {
+                    println!("{}", super::merge::describe_conflict(conflict));
+                }
+            }
+        }
+        let blocked = outcome
+            .merges
+            .last()
+            .map(|merge| merge.sibling.to_string())
+            .unwrap_or_default();
+        ui::status(
+            context.quiet,
+            format_args!(
+                "world `{}` not created: the changes of `{blocked}` conflict with what came before them",
+                args.child
+            ),
+        );
+        return Ok(ui::EXIT_BLOCKED);
+    }
+    let names: Vec<String> = siblings.iter().map(|name| format!("`{name}`")).collect();
     ui::status(
         context.quiet,
         format_args!(
-            "created world `{}` from `{}` in {}",
+            "created world `{}` from `{parent}` with the changes of {} in {}",
             args.child,
-            args.parent,
-            ui::format_duration(elapsed)
+            names.join(", "),
+            ui::format_duration(started.elapsed())
         ),
     );
     Ok(ui::EXIT_OK)

@@ -146,7 +146,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     Ok(ui::EXIT_OK)
 }
 
-fn describe_conflict(conflict: &Conflict) -> String {
+pub fn describe_conflict(conflict: &Conflict) -> String {
     let kind = match conflict.kind {
         worlds::merge::plan::ConflictKind::WriteWrite => "write-write",
         worlds::merge::plan::ConflictKind::ReadWrite => "read-write",

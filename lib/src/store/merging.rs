@@ -80,6 +80,26 @@ pub struct UndoOutcome {
     pub steps: usize,
 }
 
+/// What [`Store::create_combined`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CombineOutcome {
+    pub world: WorldName,
+    pub parent: WorldName,
+    /// Whether the world was made; false when a sibling conflicted.
+    pub created: bool,
+    /// The plan of merging each sibling, in order, up to the first one with
+    /// conflicts.
+    pub merges: Vec<SiblingMerge>,
+}
+
+/// The plan of merging one sibling into a combined world.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SiblingMerge {
+    pub sibling: WorldName,
+    #[serde(flatten)]
+    pub plan: Plan,
+}
+
 /// A report of apply progress: steps done and steps in all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MergeProgress {
@@ -279,6 +299,133 @@ impl Store {
         writer.commit()?;
         self.prune_premerge(parent)?;
         Ok(id)
+    }
+
+    /// Creates `world` as a child of `parent` that also holds the changes of
+    /// `siblings`, children of `parent` themselves, merged in order.
+    ///
+    /// Each sibling's changes since its base are planned against what the
+    /// new world already holds that differs from that base: the parent's
+    /// later changes and the siblings merged before it. A conflict between
+    /// them removes the new world again and is returned, not applied.
+    pub fn create_combined(
+        &mut self,
+        world: &WorldName,
+        parent: &WorldName,
+        siblings: &[WorldName],
+    ) -> Result<CombineOutcome> {
+        let _lock = self.lock()?;
+        self.reconcile()?;
+        for sibling in siblings {
+            if self.world(sibling)?.parent.as_ref() != Some(parent) {
+                return Err(StoreError::NotSibling {
+                    sibling: sibling.clone(),
+                    parent: parent.clone(),
+                });
+            }
+        }
+        self.make_child(world, parent)?;
+
+        let mut outcome = CombineOutcome {
+            world: world.clone(),
+            parent: parent.clone(),
+            created: true,
+            merges: Vec::new(),
+        };
+        for sibling in siblings {
+            let merged = self.merge_sibling(world, sibling);
+            let blocked = match &merged {
+                Ok(plan) => !plan.conflicts.is_empty(),
+                Err(_) => true,
+            };
+            if blocked {
+                // The half-combined world goes again; what was asked for
+                // was all of them or nothing.
+                self.delete_worlds(world, &super::DeleteOptions::default())?;
+                outcome.created = false;
+            }
+            outcome.merges.push(SiblingMerge {
+                sibling: sibling.clone(),
+                plan: merged?,
+            });
+            if blocked {
+                return Ok(outcome);
+            }
+        }
+        let writer = self.db.transaction()?;
+        writer.log(
+            "combine",
+            Some(world),
+            &serde_json::json!({ "world": world, "parent": parent, "siblings": siblings }),
+        )?;
+        writer.commit()?;
+        Ok(outcome)
+    }
+
+    /// Plans and applies the changes of `sibling` to the new world `world`,
+    /// or returns the plan with its conflicts and applies nothing.
+    fn merge_sibling(&mut self, world: &WorldName, sibling: &WorldName) -> Result<Plan> {
+        let sibling_view = self.open_diff(sibling, DiffSubject::World)?;
+        let theirs_changes = sibling_view.changes(&DiffOptions::default())?;
+
+        // What the new world holds that differs from the sibling's base:
+        // the parent's changes since then and earlier siblings' changes.
+        let record = self.world(sibling)?;
+        let base = self.base_path(sibling);
+        let diff_error = |source| StoreError::Diff {
+            name: world.clone(),
+            child: sibling.clone(),
+            source,
+        };
+        let since = match record.since_parent {
+            Some(since) => since,
+            None => {
+                File::open(&base)
+                    .and_then(|base| btrfs::subvolume_info(&base))
+                    .map_err(diff_error)?
+                    .otransid
+            }
+        };
+        let now = self
+            .pool
+            .join(TMP_DIR)
+            .join(format!("combine.{}.{world}", std::process::id()));
+        snapshot(&self.world_path(world), &now, true).map_err(diff_error)?;
+        let sides = engine::Sides {
+            base: &base,
+            world: &now,
+        };
+        let ours = engine::fast(&sides, since);
+        let same_data = |path: &WorldPath| {
+            engine::same_data(&path.under(sibling_view.world_root()), &path.under(&now))
+                .unwrap_or(false)
+        };
+        let plan = ours.map(|ours| {
+            plan::build(
+                &theirs_changes,
+                &ours,
+                &BTreeSet::new(),
+                &PlanOptions::default(),
+                &same_data,
+            )
+        });
+        remove_quietly(&now);
+        let plan = plan.map_err(diff_error)?;
+        if !plan.conflicts.is_empty() {
+            return Ok(plan);
+        }
+
+        apply::apply(
+            &self.world_path(world),
+            sibling_view.world_root(),
+            &plan.steps,
+            &|_| {},
+        )
+        .map_err(|error| StoreError::Apply {
+            world: world.clone(),
+            source: error,
+        })?;
+        Ok(plan)
     }
 
     /// Returns `parent` to its state before its last merge that can still
