@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what worlds needs on Debian 12, builds it, and walks through the
 # main job on the built-in busybox root. It makes a root world, sprouts a
-# child, changes a file in the child and shows that the parent is unchanged.
+# child, changes files in the child, shows the diff, merges the child into
+# its parent and takes the merge back.
 #
 # Usage: scripts/demo.sh [--keep]
 #   --keep  leave the demo store in place (it is removed by default)
@@ -46,12 +47,19 @@ step "$world" create demo-child demo
 step "$world" create demo-grandchild demo-child
 
 root=$("$world" show demo-child --json | sed -n 's/^  "path": "\(.*\)",$/\1/p')
-printf '\n# change a file in the child\n'
-step sh -c "echo 'hello from the child world' > '$root/etc/motd'"
-step cat "$root/etc/motd"
-printf '\n# the parent is untouched\n'
+printf '\n# change files in the child\n'
+step sh -c "echo 'hello from the child world' > '$root/etc/motd' && echo 'guest:x:1000:1000::/home/guest:/bin/sh' >> '$root/etc/passwd'"
+step "$world" diff demo-child
+step "$world" diff --patch demo-child
+printf '\n# the parent is untouched until the merge\n'
 parent_root=$("$world" show demo --json | sed -n 's/^  "path": "\(.*\)",$/\1/p')
-step ls -l "$parent_root/etc"
+step ls "$parent_root/etc"
+step "$world" merge --dry-run demo-child
+step "$world" merge demo-child
+step cat "$parent_root/etc/motd"
+step "$world" diff demo-child
+step "$world" undo demo
+step ls "$parent_root/etc"
 
 step "$world" tree
 step "$world" list
