@@ -237,7 +237,10 @@ pub struct DiffView {
     subject: WorldName,
     child: WorldName,
     base: PathBuf,
-    snapshot: PathBuf,
+    /// The subject's root: a snapshot in `tmp/`, or the world itself.
+    world: PathBuf,
+    /// Whether `world` is a snapshot that this view removes when dropped.
+    snapshot: bool,
     since: u64,
 }
 
@@ -254,14 +257,14 @@ impl DiffView {
 
     /// Returns the root of the subject's snapshot: the "after" side.
     pub fn world_root(&self) -> &Path {
-        &self.snapshot
+        &self.world
     }
 
     /// Computes the changes.
     pub fn changes(&self, options: &DiffOptions) -> Result<Vec<Change>> {
         let sides = engine::Sides {
             base: &self.base,
-            world: &self.snapshot,
+            world: &self.world,
         };
         let changes = match options.method {
             Method::Fast => engine::fast(&sides, self.since),
@@ -278,7 +281,9 @@ impl DiffView {
 
 impl Drop for DiffView {
     fn drop(&mut self) {
-        remove_quietly(&self.snapshot);
+        if self.snapshot {
+            remove_quietly(&self.world);
+        }
     }
 }
 
@@ -886,11 +891,38 @@ impl Store {
     /// Prepares a diff between the base of child world `child` and the
     /// world or its parent, as `subject` selects.
     ///
-    /// The view reads a read-only snapshot of the subject, taken now, so a
-    /// running world is seen at one instant; taking it also commits the
-    /// pending changes to the btrfs tree that the fast path searches. The
-    /// snapshot is deleted when the view is dropped.
+    /// A running subject is read through a read-only snapshot taken now, so
+    /// it is seen at one instant. A stopped one is read in place after a
+    /// syncfs: a fresh snapshot's inodes are not in the kernel's inode cache,
+    /// and loading them costs more than the rest of a diff. Either way the
+    /// pending changes reach the btrfs tree that the fast path searches.
     pub fn open_diff(&self, child: &WorldName, subject: DiffSubject) -> Result<DiffView> {
+        let running = self.is_running(child, subject)?;
+        self.open_diff_view(child, subject, running)
+    }
+
+    /// Prepares a diff like [`Store::open_diff`] that always reads a
+    /// read-only snapshot of the subject, as a merge needs: its source must
+    /// not change while it is applied, and the snapshot's creation marks
+    /// the instant the merge read.
+    pub fn open_diff_snapshot(&self, child: &WorldName, subject: DiffSubject) -> Result<DiffView> {
+        self.open_diff_view(child, subject, true)
+    }
+
+    /// Returns whether the subject world of a diff may change while it is
+    /// read.
+    fn is_running(&self, child: &WorldName, subject: DiffSubject) -> Result<bool> {
+        let _ = (child, subject);
+        // NOTE: worlds cannot run processes yet, so every world is stopped.
+        Ok(false)
+    }
+
+    fn open_diff_view(
+        &self,
+        child: &WorldName,
+        subject: DiffSubject,
+        snapshot: bool,
+    ) -> Result<DiffView> {
         let record = self.world(child)?;
         let Some(parent) = record.parent.clone() else {
             return Err(StoreError::NoBase {
@@ -918,8 +950,25 @@ impl Store {
         }
         .unwrap_or(base_created);
 
+        if !snapshot {
+            let world = self.world_path(&subject);
+            File::open(&world)
+                .and_then(|dir| {
+                    use std::os::fd::AsRawFd;
+                    nix::unistd::syncfs(dir.as_raw_fd()).map_err(io::Error::from)
+                })
+                .map_err(diff_error)?;
+            return Ok(DiffView {
+                subject,
+                child: child.clone(),
+                base,
+                world,
+                snapshot: false,
+                since,
+            });
+        }
         let tmp_name = format!("{DIFF_PREFIX}{}.{subject}", own_token());
-        let snapshot = self.pool.join(TMP_DIR).join(&tmp_name);
+        let world = self.pool.join(TMP_DIR).join(&tmp_name);
         File::open(self.world_path(&subject))
             .and_then(|source| {
                 let tmp = File::open(self.pool.join(TMP_DIR))?;
@@ -930,7 +979,8 @@ impl Store {
             subject,
             child: child.clone(),
             base,
-            snapshot,
+            world,
+            snapshot: true,
             since,
         })
     }

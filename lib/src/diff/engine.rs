@@ -49,32 +49,103 @@ pub fn walk(sides: &Sides<'_>) -> io::Result<Vec<Change>> {
 /// Compares the paths of the inodes written after transaction `since`, and
 /// the entries of the directories among them.
 pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
+    let started = std::time::Instant::now();
     let world = File::open(sides.world)?;
     let mut candidates = BTreeSet::new();
-    for inode in btrfs::changed_inodes(&world, since)? {
-        if inode.ino == ROOT_INO {
-            candidates.insert(WorldPath::root());
-            continue;
-        }
-        for path in btrfs::inode_paths(&world, inode.ino)? {
-            candidates.insert(WorldPath::from_bytes(&path));
-        }
+    let inodes = btrfs::changed_inodes(&world, since)?;
+    let searched = started.elapsed();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let resolved_paths: Vec<io::Result<Vec<WorldPath>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = inodes
+            .chunks(inodes.len().div_ceil(threads).max(1))
+            .map(|part| {
+                let world = &world;
+                scope.spawn(move || {
+                    let mut paths = Vec::new();
+                    for inode in part {
+                        if inode.ino == ROOT_INO {
+                            paths.push(WorldPath::root());
+                            continue;
+                        }
+                        for path in btrfs::inode_paths(world, inode.ino)? {
+                            paths.push(WorldPath::from_bytes(&path));
+                        }
+                    }
+                    Ok(paths)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("diff worker panicked")))
+            })
+            .collect()
+    });
+    for paths in resolved_paths {
+        candidates.extend(paths?);
     }
 
+    let resolved = started.elapsed();
+
+    // Comparing is mostly waiting for inode lookups, so the candidates are
+    // split among a few threads, as the path lookups were.
+    let list: Vec<&WorldPath> = candidates.iter().collect();
+    let chunk = list.len().div_ceil(threads).max(1);
+    let parts: Vec<io::Result<Changes>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = list
+            .chunks(chunk)
+            .map(|part| {
+                let candidates = &candidates;
+                scope.spawn(move || {
+                    let mut changes = Changes::new();
+                    for path in part {
+                        record(&mut changes, compare(sides, path)?);
+                        let in_world = lstat(&path.under(sides.world))?;
+                        if in_world.as_ref().is_some_and(Metadata::is_dir) {
+                            compare_entries(sides, path, candidates, &mut changes)?;
+                        }
+                    }
+                    Ok(changes)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("diff worker panicked")))
+            })
+            .collect()
+    });
     let mut changes = Changes::new();
-    for path in &candidates {
-        record(&mut changes, compare(sides, path)?);
-        let in_world = lstat(&path.under(sides.world))?;
-        if in_world.as_ref().is_some_and(Metadata::is_dir) {
-            compare_entries(sides, path, &mut changes)?;
-        }
+    for part in parts {
+        changes.extend(part?);
     }
+    tracing::debug!(
+        candidates = candidates.len(),
+        changes = changes.len(),
+        search_ms = searched.as_millis() as u64,
+        paths_ms = (resolved - searched).as_millis() as u64,
+        compare_ms = (started.elapsed() - resolved).as_millis() as u64,
+        "fast diff"
+    );
     Ok(changes.into_values().collect())
 }
 
 /// Compares the entries of directory `dir` on both sides by name and inode
 /// number, descending where an entry was added, deleted or replaced.
-fn compare_entries(sides: &Sides<'_>, dir: &WorldPath, changes: &mut Changes) -> io::Result<()> {
+fn compare_entries(
+    sides: &Sides<'_>,
+    dir: &WorldPath,
+    candidates: &BTreeSet<WorldPath>,
+    changes: &mut Changes,
+) -> io::Result<()> {
     let before = read_dir(&dir.under(sides.base))?;
     let after = read_dir(&dir.under(sides.world))?;
     let names: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
@@ -88,7 +159,11 @@ fn compare_entries(sides: &Sides<'_>, dir: &WorldPath, changes: &mut Changes) ->
             continue;
         }
         let path = dir.join(name);
-        record(changes, compare(sides, &path)?);
+        // A candidate of its own is compared in its turn; a replaced
+        // directory must still be walked below.
+        if !candidates.contains(&path) {
+            record(changes, compare(sides, &path)?);
+        }
         descend(sides, &path, changes)?;
     }
     Ok(())

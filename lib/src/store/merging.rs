@@ -146,8 +146,8 @@ impl Store {
         }
 
         // Plan against read-only snapshots of both sides.
-        let child_view = self.open_diff(child, DiffSubject::World)?;
-        let parent_view = self.open_diff(child, DiffSubject::Parent)?;
+        let child_view = self.open_diff_snapshot(child, DiffSubject::World)?;
+        let parent_view = self.open_diff_snapshot(child, DiffSubject::Parent)?;
         let ours = child_view.changes(&DiffOptions::default())?;
         let theirs = parent_view.changes(&DiffOptions::default())?;
         let reads = BTreeSet::new();
@@ -365,7 +365,7 @@ impl Store {
     /// Plans and applies the changes of `sibling` to the new world `world`,
     /// or returns the plan with its conflicts and applies nothing.
     fn merge_sibling(&mut self, world: &WorldName, sibling: &WorldName) -> Result<Plan> {
-        let sibling_view = self.open_diff(sibling, DiffSubject::World)?;
+        let sibling_view = self.open_diff_snapshot(sibling, DiffSubject::World)?;
         let theirs_changes = sibling_view.changes(&DiffOptions::default())?;
 
         // What the new world holds that differs from the sibling's base:

@@ -256,11 +256,10 @@ pub fn subvolume_info(subvolume: &File) -> io::Result<SubvolumeInfo> {
 
 /// Item type of an inode item in a subvolume tree (`BTRFS_INODE_ITEM_KEY`).
 pub const INODE_ITEM_KEY: u32 = 1;
-/// Size of the area that `struct btrfs_ioctl_search_args` gives results.
-const SEARCH_BUFFER: usize = 4096 - 104;
 
 /// `struct btrfs_ioctl_search_key`.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct SearchKey {
     tree_id: u64,
     min_objectid: u64,
@@ -279,17 +278,6 @@ struct SearchKey {
     unused4: u64,
 }
 
-/// `struct btrfs_ioctl_search_args`.
-#[repr(C)]
-struct SearchArgs {
-    key: SearchKey,
-    buf: [u8; SEARCH_BUFFER],
-}
-
-const _: () = assert!(std::mem::size_of::<SearchArgs>() == 4096);
-
-nix::ioctl_readwrite!(ioc_tree_search, 0x94, 17, SearchArgs);
-
 /// An inode whose item changed after a given transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChangedInode {
@@ -298,59 +286,89 @@ pub struct ChangedInode {
     pub mode: u32,
 }
 
+/// `struct btrfs_ioctl_search_args_v2` without its flexible buffer.
+#[repr(C)]
+struct SearchArgsV2 {
+    key: SearchKey,
+    buf_size: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<SearchArgsV2>() == 112);
+
+nix::ioctl_readwrite!(ioc_tree_search_v2, 0x94, 17, SearchArgsV2);
+
+/// Result bytes that one `BTRFS_IOC_TREE_SEARCH_V2` call may return; a large
+/// buffer saves the search from the tree's root that every call repeats.
+const SEARCH_V2_BUFFER: usize = 1 << 20;
+
 /// Returns the inodes of the subvolume at `subvolume` whose inode item was
 /// written by a transaction after `since`.
 ///
-/// This searches the subvolume's tree with `BTRFS_IOC_TREE_SEARCH`. The
+/// This searches the subvolume's tree with `BTRFS_IOC_TREE_SEARCH_V2`. The
 /// search visits only tree blocks written after `since`, so its cost grows
 /// with the number of changes, not with the size of the subvolume. Each
 /// inode item stores the transaction of its last change, which filters out
 /// the unchanged neighbours that share a rewritten block. Changes that are
-/// not yet in the tree (delayed inode updates) are missed: search a
-/// snapshot, whose creation commits them.
+/// not yet in the tree (delayed inode updates) are missed: commit them
+/// first, with syncfs(2) or by searching a new snapshot.
 pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<Vec<ChangedInode>> {
-    let mut args = Box::new(SearchArgs {
-        key: SearchKey {
-            // Zero selects the tree of the subvolume that contains the fd.
-            tree_id: 0,
-            min_objectid: 0,
-            max_objectid: u64::MAX,
-            min_offset: 0,
-            max_offset: u64::MAX,
-            min_transid: since.saturating_add(1),
-            max_transid: u64::MAX,
-            min_type: 0,
-            max_type: u32::MAX,
-            nr_items: 0,
-            unused: 0,
-            unused1: 0,
-            unused2: 0,
-            unused3: 0,
-            unused4: 0,
-        },
-        buf: [0; SEARCH_BUFFER],
-    });
+    let header = std::mem::size_of::<SearchArgsV2>();
+    // u64 words keep the buffer aligned for the header struct.
+    let mut words = vec![0u64; (header + SEARCH_V2_BUFFER) / 8];
+    let mut key = SearchKey {
+        // Zero selects the tree of the subvolume that holds the fd.
+        tree_id: 0,
+        min_objectid: 0,
+        max_objectid: u64::MAX,
+        min_offset: 0,
+        max_offset: u64::MAX,
+        min_transid: since.saturating_add(1),
+        max_transid: u64::MAX,
+        min_type: 0,
+        max_type: u32::MAX,
+        nr_items: 0,
+        unused: 0,
+        unused1: 0,
+        unused2: 0,
+        unused3: 0,
+        unused4: 0,
+    };
     let mut changed = Vec::new();
     loop {
-        args.key.nr_items = u32::MAX;
-        // SAFETY: `subvolume` is an open fd and `args` is a live, writable
-        // `btrfs_ioctl_search_args`; the kernel writes at most its buffer.
-        unsafe { ioc_tree_search(subvolume.as_raw_fd(), &mut *args) }?;
-        let count = args.key.nr_items;
+        key.nr_items = u32::MAX;
+        let args = words.as_mut_ptr().cast::<SearchArgsV2>();
+        // SAFETY: `words` is at least `header` bytes, 8-aligned, and owned
+        // here, so writing one `SearchArgsV2` at its start is sound.
+        unsafe {
+            args.write(SearchArgsV2 {
+                key: SearchKey { ..key },
+                buf_size: SEARCH_V2_BUFFER as u64,
+            });
+        }
+        // SAFETY: `subvolume` is an open fd; `args` points at a search
+        // header followed by `buf_size` writable bytes of `words`.
+        unsafe { ioc_tree_search_v2(subvolume.as_raw_fd(), args) }?;
+        // SAFETY: the kernel wrote the header; reading it back is sound.
+        let count = unsafe { (*args).key.nr_items };
         if count == 0 {
             break;
         }
+        // SAFETY: `words` holds `header + SEARCH_V2_BUFFER` initialized
+        // bytes, viewed here as bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
+        let buffer = &bytes[header..];
         let mut offset = 0usize;
         let mut last = (0u64, 0u32, 0u64);
         for _ in 0..count {
             // struct btrfs_ioctl_search_header: transid, objectid, offset,
             // type, len.
-            let header = &args.buf[offset..offset + 32];
-            let objectid = read_u64(header, 8);
-            let key_offset = read_u64(header, 16);
-            let key_type = read_u32(header, 24);
-            let length = read_u32(header, 28) as usize;
-            let item = &args.buf[offset + 32..offset + 32 + length];
+            let item_header = &buffer[offset..offset + 32];
+            let objectid = read_u64(item_header, 8);
+            let key_offset = read_u64(item_header, 16);
+            let key_type = read_u32(item_header, 24);
+            let length = read_u32(item_header, 28) as usize;
+            let item = &buffer[offset + 32..offset + 32 + length];
             offset += 32 + length;
             last = (objectid, key_type, key_offset);
 
@@ -367,23 +385,11 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<Vec<ChangedIno
         // ordered as a tuple.
         let (objectid, key_type, key_offset) = last;
         if key_offset < u64::MAX {
-            (
-                args.key.min_objectid,
-                args.key.min_type,
-                args.key.min_offset,
-            ) = (objectid, key_type, key_offset + 1);
+            (key.min_objectid, key.min_type, key.min_offset) = (objectid, key_type, key_offset + 1);
         } else if key_type < u32::MAX {
-            (
-                args.key.min_objectid,
-                args.key.min_type,
-                args.key.min_offset,
-            ) = (objectid, key_type + 1, 0);
+            (key.min_objectid, key.min_type, key.min_offset) = (objectid, key_type + 1, 0);
         } else if objectid < u64::MAX {
-            (
-                args.key.min_objectid,
-                args.key.min_type,
-                args.key.min_offset,
-            ) = (objectid + 1, 0, 0);
+            (key.min_objectid, key.min_type, key.min_offset) = (objectid + 1, 0, 0);
         } else {
             break;
         }
@@ -413,7 +419,9 @@ nix::ioctl_readwrite!(ioc_ino_paths, 0x94, 35, InoPathArgs);
 /// Returns every path of inode `ino` in the subvolume at `subvolume`,
 /// relative to the subvolume's root, one per hard link.
 pub fn inode_paths(subvolume: &File, ino: u64) -> io::Result<Vec<Vec<u8>>> {
-    let mut size = 64 * 1024;
+    // The kernel allocates and copies back the whole buffer on every call,
+    // so it starts small and grows only for inodes with long or many paths.
+    let mut size = 4096;
     loop {
         // The kernel fills a `struct btrfs_data_container`: four u32
         // counters, then one u64 per path giving the path's offset from the
@@ -434,7 +442,7 @@ pub fn inode_paths(subvolume: &File, ino: u64) -> io::Result<Vec<Vec<u8>>> {
         let missing = read_u32(bytes, 4);
         let count = read_u32(bytes, 8) as usize;
         if missing > 0 && size < 16 << 20 {
-            size *= 4;
+            size *= 16;
             continue;
         }
         let values = &bytes[16..];
