@@ -58,7 +58,7 @@ pub struct MergeOptions {
     pub expected_parent: Option<WorldName>,
 }
 
-/// What [`Store::merge`] did.
+/// The outcome of [`Store::merge`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MergeOutcome {
     pub child: WorldName,
@@ -70,7 +70,7 @@ pub struct MergeOutcome {
     pub plan: Plan,
 }
 
-/// What [`Store::undo`] did.
+/// The outcome of [`Store::undo`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct UndoOutcome {
     pub parent: WorldName,
@@ -80,7 +80,7 @@ pub struct UndoOutcome {
     pub steps: usize,
 }
 
-/// What [`Store::create_combined`] did.
+/// The outcome of [`Store::create_combined`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CombineOutcome {
     pub world: WorldName,
@@ -266,7 +266,7 @@ impl Store {
             source: error,
         })?;
 
-        // The parent's new files must be on disk before the journal says
+        // The parent's new files must be on disk before the journal records
         // they are: a crash after `publishing` is rolled forward.
         File::open(self.world_path(parent))
             .and_then(|dir| {
