@@ -267,7 +267,7 @@ impl Store {
         })?;
 
         // The parent's new files must be on disk before the journal records
-        // they are: a crash after `publishing` is rolled forward.
+        // them, because a crash after `publishing` is rolled forward.
         File::open(self.world_path(parent))
             .and_then(|dir| {
                 use std::os::fd::AsRawFd;
