@@ -1,0 +1,316 @@
+# Shared helpers of the benchmark scripts in bench/: argument parsing, the
+# release build, the Linux source workload, timing, the temporary store and
+# its cleanup, and the sections of docs/benchmarks.md. Meant to be sourced
+# after `set -euo pipefail`, not run.
+#
+# Globals set here: repo, cache, write and CARGO_TARGET_DIR. start_store
+# sets store, the temporary store folder, and build_world sets world, the
+# release binary copied into it, and revision, the code it was built from.
+
+readonly SOURCE_PACKAGE=linux-source-6.1
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${WORLDS_BENCH_CACHE:-/var/tmp/worlds-bench}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/worlds-bench-target}
+write=false
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Reads the arguments every benchmark takes: --write, or --help to print the
+# header comment of the script.
+parse_arguments() {
+    local arg
+    for arg in "$@"; do
+        case $arg in
+            --write) write=true ;;
+            -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+            *) die "unknown argument \`$arg\`; the only option is --write" ;;
+        esac
+    done
+}
+
+require_root() {
+    [[ $EUID -eq 0 ]] || die "run as root: worlds mounts its pool and makes btrfs snapshots"
+}
+
+# Fails unless VALUE, read from the environment variable NAME, is a positive
+# integer.
+require_positive() {
+    local name=$1 value=$2
+    [[ $value =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, not \`$value\`"
+}
+
+# Installs the Debian packages that are missing, updating the package lists
+# only when something has to be installed.
+install_missing() {
+    local missing=() package
+    for package in "$@"; do
+        if [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) != "install ok installed" ]]; then
+            missing+=("$package")
+        fi
+    done
+    if ((${#missing[@]} > 0)); then
+        log "installing ${missing[*]}"
+        apt-get update >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2
+    fi
+}
+
+# Builds the release binary, copies it into the store folder and sets
+# `world` to the copy and `revision` to what it was built from. Other
+# worktrees may build into the same CARGO_TARGET_DIR during the run, and the
+# copy keeps their binary out of it. With WORLDS_BENCH_REVISION set, it
+# builds that commit, exported into the store folder, instead of the working
+# tree, so that edits others make to the tree meanwhile stay out of the
+# figures. Call start_store first.
+build_world() {
+    local source=$repo commit
+    if [[ -n ${WORLDS_BENCH_REVISION:-} ]]; then
+        commit=$(git -C "$repo" rev-parse --verify --short "$WORLDS_BENCH_REVISION^{commit}") \
+            || die "WORLDS_BENCH_REVISION names no commit: \`$WORLDS_BENCH_REVISION\`"
+        source=$store/source
+        mkdir "$source"
+        git -C "$repo" archive "$commit" | tar -x -C "$source"
+        revision="worlds $commit"
+    else
+        revision=$(describe_revision)
+    fi
+    log "building the release binary of $revision in $CARGO_TARGET_DIR"
+    (cd "$source" && cargo build --release --quiet -p world-cli) >&2
+    cp "$CARGO_TARGET_DIR/release/world" "$store/world"
+    world=$store/world
+}
+
+# Prints the cached linux-source .deb files of VERSION, or of every version
+# without one, oldest first.
+cached_source_debs() {
+    local version=${1:-*}
+    shopt -s nullglob
+    local debs=("$cache/${SOURCE_PACKAGE}_${version}"_*.deb)
+    shopt -u nullglob
+    if ((${#debs[@]} > 0)); then
+        printf '%s\n' "${debs[@]}" | sort -V
+    fi
+}
+
+# Prints the path of the linux-source .deb of VERSION in the cache,
+# downloading it when the cache has none. Without VERSION it prints the
+# newest .deb in the cache, or downloads the newest version when the cache
+# has none.
+fetch_source_deb() {
+    local version=${1:-}
+    local request=$SOURCE_PACKAGE${version:+=$version}
+    mkdir -p "$cache"
+    if [[ -z $(cached_source_debs "$version") ]]; then
+        log "downloading $request into $cache"
+        # A stale package list names a version the archive no longer has.
+        if ! (cd "$cache" && apt-get download "$request" >&2); then
+            log "download failed; updating the package lists and trying again"
+            apt-get update >&2
+            (cd "$cache" && apt-get download "$request" >&2)
+        fi
+        [[ -n $(cached_source_debs "$version") ]] \
+            || die "apt-get download left no .deb of $request in $cache"
+    fi
+    cached_source_debs "$version" | tail -n 1
+}
+
+# Prints the path of the source tarball inside DEB, extracting it into the
+# cache the first time.
+source_tarball() {
+    local deb=$1 version tarball
+    version=$(dpkg-deb -f "$deb" Version)
+    tarball=$cache/${SOURCE_PACKAGE}_$version.tar.xz
+    if [[ ! -f $tarball ]]; then
+        log "extracting usr/src/$SOURCE_PACKAGE.tar.xz from $deb"
+        dpkg-deb --fsys-tarfile "$deb" \
+            | tar -xO -f - "./usr/src/$SOURCE_PACKAGE.tar.xz" >"$tarball.partial"
+        mv "$tarball.partial" "$tarball"
+    fi
+    printf '%s\n' "$tarball"
+}
+
+# Prints the median, min and max of the nanosecond figures in FILE, in
+# milliseconds with two decimals, separated by spaces.
+summarize() {
+    sort -n "$1" | awk '
+        { value[NR] = $1 }
+        END {
+            if (NR % 2) median = value[(NR + 1) / 2]
+            else median = (value[NR / 2] + value[NR / 2 + 1]) / 2
+            printf "%.2f %.2f %.2f\n", median / 1e6, value[1] / 1e6, value[NR] / 1e6
+        }'
+}
+
+# Sets `children_cpu_ns` to the user plus system CPU time of this shell's
+# finished child processes so far. The `times` builtin must run in this
+# shell and not in a subshell, which counts only its own children, so its
+# output goes through a file and the figure through a global. Only
+# builtins run here, so that no child of our own adds to the figure.
+read_children_cpu() {
+    times >"$store/times"
+    local lines figure total=0
+    mapfile -t lines <"$store/times"
+    # The second line contains the children's user and system time, each like
+    # 1m2.345s with a point or a comma.
+    for figure in ${lines[1]}; do
+        [[ $figure =~ ^([0-9]+)m([0-9]+)[.,]([0-9]{3})s$ ]] \
+            || die "unexpected figure \`$figure\` from the times builtin"
+        total=$((total + BASH_REMATCH[1] * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]}))
+    done
+    children_cpu_ns=$((total * 1000000))
+}
+
+# Runs a command with its standard output sent to /dev/null and prints how
+# long it took in nanoseconds. Bash's EPOCHREALTIME is read without starting
+# a process, so the figure covers the command alone and no `date` of our own.
+# It also sets `cpu_ns` to the CPU time that the command used, user plus
+# system, with the millisecond resolution of `times`. That figure depends
+# less on other work on the machine. Standard error goes to a file in the
+# store, shown if the command fails.
+time_ns() {
+    local start end cpu_before
+    read_children_cpu
+    cpu_before=$children_cpu_ns
+    start=$EPOCHREALTIME
+    if ! "$@" >/dev/null 2>"$store/errors"; then
+        log "failed: $*"
+        cat "$store/errors" >&2
+        return 1
+    fi
+    end=$EPOCHREALTIME
+    read_children_cpu
+    cpu_ns=$((children_cpu_ns - cpu_before))
+    # EPOCHREALTIME is seconds with exactly six decimals, after a point or a
+    # comma depending on the locale.
+    echo $(( (${end//[.,]/} - ${start//[.,]/}) * 1000 ))
+}
+
+# Makes the temporary store folder, sets `store` to it, and arranges for
+# cleanup to run on exit.
+start_store() {
+    trap cleanup EXIT
+    # Turn signals into an exit, so the cleanup runs on them too.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    store=$(mktemp -d -t worlds-bench.XXXXXX)
+}
+
+# Leaves the machine as it was: no pool mount, no loop device and no
+# temporary folder, even after a failure. Only the loop devices and mounts
+# of our own store are checked, because other programs on the machine may
+# attach and detach theirs at any time.
+cleanup() {
+    local status=$?
+    set +e
+    if [[ -n ${store:-} && -d $store ]]; then
+        if mountpoint -q "$store/pool"; then
+            "$world" --store "$store" --quiet store unmount \
+                || umount "$store/pool" \
+                || log "could not unmount $store/pool"
+        fi
+        # The loop device detaches by itself once the pool is unmounted, but
+        # the kernel may take a moment. One still attached to our image after
+        # that is a leftover to detach by hand.
+        local device attempt
+        for ((attempt = 0; attempt < 50; attempt++)); do
+            [[ -z $(losetup -j "$store/pool.img" 2>/dev/null) ]] && break
+            sleep 0.1
+        done
+        for device in $(losetup --list --noheadings --output NAME -j "$store/pool.img" 2>/dev/null); do
+            log "detaching leftover loop device $device"
+            losetup -d "$device"
+        done
+        if grep -qF " $store/" /proc/self/mounts; then
+            log "kept $store because something in it is still mounted:"
+            grep -F " $store/" /proc/self/mounts >&2
+            status=1
+        else
+            rm -rf "$store"
+        fi
+        if losetup -a | grep -qF "$store/"; then
+            log "loop devices of $store are still attached:"
+            losetup -a | grep -F "$store/" >&2
+            status=1
+        fi
+    fi
+    exit "$status"
+}
+
+# Waits until btrfs has cleaned up the deleted subvolumes of the pool at
+# POOL and committed its open transaction, so that neither happens during
+# the next timed command. A kernel thread does the cleanup in the
+# background, and it starts at a commit: without the first sync it would
+# wait for the next periodic one (every 30 seconds by default).
+settle() {
+    btrfs filesystem sync "$1" >/dev/null
+    btrfs subvolume sync "$1" >/dev/null
+    btrfs filesystem sync "$1" >/dev/null
+}
+
+# Prints the machine for the bullet list of a section: CPUs, memory and
+# kernel.
+describe_machine() {
+    local cpu memory
+    cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+    memory=$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
+    printf '%s CPUs (%s), %s of memory, Linux %s\n' "$(nproc)" "$cpu" "$memory" "$(uname -r)"
+}
+
+# Prints the commit of the repository that was measured, noting uncommitted
+# changes to the code that the release build was made from.
+describe_revision() {
+    local commit dirty=
+    commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if git -C "$repo" status --porcelain -- Cargo.toml Cargo.lock lib cli 2>/dev/null | grep -q .; then
+        dirty=", with uncommitted changes to the code"
+    fi
+    printf 'worlds %s%s\n' "$commit" "$dirty"
+}
+
+# Prints where the store was for the bullet list of a section.
+describe_store() {
+    local store_fs
+    store_fs=$(findmnt -n -o FSTYPE -T "$store")
+    printf 'a temporary folder on %s, so the pool is a btrfs image on a\n  loop device (%s)\n' \
+        "$store_fs" "$(btrfs --version)"
+}
+
+# Replaces the lines between BEGIN and END in docs/benchmarks.md with
+# SECTION, making the page or appending the two markers first where they are
+# missing. The other sections stay as they are.
+write_section() {
+    local begin=$1 end=$2 section=$3
+    local doc=$repo/docs/benchmarks.md
+    mkdir -p "$(dirname "$doc")"
+    if [[ ! -f $doc ]]; then
+        cat >"$doc" <<'EOF'
+# Benchmarks
+
+Measured performance of worlds. Each figure is the median of N runs with
+the range (min to max) beside it, and each section was measured in one
+session on the machine it describes. To measure again and update this page,
+run `scripts/bench.sh` as root.
+EOF
+    fi
+    if ! grep -qF "$begin" "$doc"; then
+        printf '\n%s\n%s\n' "$begin" "$end" >>"$doc"
+    fi
+    local section_file
+    section_file=$(mktemp)
+    printf '%s\n' "$section" >"$section_file"
+    awk -v begin="$begin" -v end="$end" -v file="$section_file" '
+        $0 == begin {
+            print
+            while ((getline line < file) > 0) print line
+            skipping = 1
+            next
+        }
+        $0 == end { skipping = 0 }
+        !skipping { print }
+    ' "$doc" >"$doc.new"
+    rm -f "$section_file"
+    mv "$doc.new" "$doc"
+    log "updated $doc"
+}
