@@ -6,3 +6,4 @@ mod common;
 mod test_aliases;
 mod test_commands;
 mod test_failures;
+mod test_runtime;

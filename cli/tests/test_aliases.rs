@@ -53,13 +53,22 @@ fn alias_help_is_the_subcommand_help() {
 #[test]
 fn alias_of_missing_subcommand_says_so() {
     let env = TestEnv::new();
-    let wexec = link(env.folder(), "wexec");
-    let result = run(env.command(&wexec).args(["Parent", "true"]));
+    let wmerge = link(env.folder(), "wmerge");
+    let result = run(env.command(&wmerge).args(["Child", "Parent"]));
     assert_eq!(result.code, 2);
     assert_eq!(
         result.stderr,
-        "error: `wexec` runs `world exec`, which this version of worlds does not have yet\n"
+        "error: `wmerge` runs `world merge`, which this version of worlds does not have yet\n"
     );
+}
+
+#[test]
+fn wexec_runs_world_exec() {
+    let env = TestEnv::new();
+    env.init_busybox("Parent");
+    let wexec = link(env.folder(), "wexec");
+    let result = run(env.command(&wexec).args(["Parent", "sh", "-c", "exit 5"]));
+    assert_eq!(result.code, 5, "{}", result.stderr);
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub mod db;
 pub mod name;
 pub mod pool;
 pub mod rootfs;
+pub mod runtime;
 pub mod size;
 pub mod store;
 pub mod sys;

@@ -12,6 +12,11 @@
 //!     bases/NAME     base of child world NAME: a read-only snapshot of its
 //!                    parent, taken at the instant the child was made
 //!     tmp/           root worlds being filled: `import.PID.NAME`
+//!   run/             runtime files of running worlds (see `runtime`)
+//!     NAME/          bundle/config.json, hostname, hosts, resolv.conf,
+//!                    plan.json; removed when the world stops
+//!     containers/ID  libcontainer's state of each running world
+//!   logs/NAME.log    the log of world NAME's monitor
 //! ```
 //!
 //! The table `meta` of `worlds.db` stores `layout` = [`LAYOUT_VERSION`]; a
@@ -54,6 +59,7 @@ const LOCK_NAME: &str = "lock";
 const WORLDS_DIR: &str = "worlds";
 const BASES_DIR: &str = "bases";
 const TMP_DIR: &str = "tmp";
+const LOGS_DIR: &str = "logs";
 /// Prefix of a root world being filled in `tmp/`: `import.PID.NAME`.
 const IMPORT_PREFIX: &str = "import.";
 
@@ -112,6 +118,17 @@ pub enum StoreError {
     },
     #[error("read store directory `{path}`")]
     ReadDir { path: PathBuf, source: io::Error },
+    #[error("clean up after worlds whose monitor is gone")]
+    Reconcile {
+        source: Box<crate::runtime::RuntimeError>,
+    },
+    #[error("world `{name}` is running")]
+    WorldRunning { name: WorldName },
+    #[error("stop world `{name}`")]
+    Stop {
+        name: WorldName,
+        source: Box<crate::runtime::RuntimeError>,
+    },
 }
 
 fn describe_parent(parent: Option<&WorldName>) -> String {
@@ -137,6 +154,9 @@ pub enum Cleanup {
     Removed { path: PathBuf },
     /// A recorded world's subvolume is missing; the record is kept.
     Missing { path: PathBuf },
+    /// A world was recorded as running, but its monitor was gone after a
+    /// crash or a reboot; its processes and runtime files were removed.
+    StaleRun { world: WorldName },
 }
 
 /// Everything known about one world, for `world show`.
@@ -161,6 +181,9 @@ pub struct DeleteOptions {
     pub recursive: bool,
     /// Refuse unless the world is a child of this one.
     pub expected_parent: Option<WorldName>,
+    /// Stop running worlds first instead of refusing, giving their
+    /// processes this grace period.
+    pub force: Option<std::time::Duration>,
 }
 
 /// Points where a test can make a command crash, to check recovery.
@@ -294,6 +317,14 @@ impl Store {
                 source: errno.into(),
             }),
         }
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub(crate) fn db_mut(&mut self) -> &mut Db {
+        &mut self.db
     }
 
     #[doc(hidden)]
@@ -546,6 +577,28 @@ impl Store {
                 children,
             });
         }
+        let running: Vec<&WorldName> = doomed
+            .iter()
+            .filter(|doomed_name| {
+                let id = all.iter().find(|w| &w.name == *doomed_name).map(|w| w.id);
+                id.is_some_and(|id| matches!(self.db.running(id), Ok(Some(_))))
+            })
+            .collect();
+        if let Some(first) = running.first() {
+            let Some(grace) = options.force else {
+                return Err(StoreError::WorldRunning {
+                    name: (*first).clone(),
+                });
+            };
+            let running: Vec<WorldName> = running.into_iter().cloned().collect();
+            for running_name in &running {
+                self.stop_locked(running_name, grace)
+                    .map_err(|source| StoreError::Stop {
+                        name: running_name.clone(),
+                        source: Box::new(source),
+                    })?;
+            }
+        }
 
         // Records go first: once they are committed the worlds are gone for
         // every reader, and subvolumes that fail to go are orphans that the
@@ -568,6 +621,12 @@ impl Store {
                     remove_subvolume(&path)?;
                 }
             }
+            let log = self.dir.join(LOGS_DIR).join(format!("{doomed_name}.log"));
+            if let Err(error) = fs::remove_file(&log) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %log.display(), error = %error, "remove the log of a deleted world");
+                }
+            }
             tracing::info!(world = %doomed_name, "world deleted");
         }
         Ok(doomed)
@@ -579,6 +638,12 @@ impl Store {
     /// The caller must hold the store lock: without it, a subvolume that
     /// another command is about to record would look orphaned.
     pub fn reconcile(&mut self) -> Result<Vec<Cleanup>> {
+        let mut cleanups = self.reconcile_running().map_err(|error| match error {
+            crate::runtime::RuntimeError::Store(error) => error,
+            other => StoreError::Reconcile {
+                source: Box::new(other),
+            },
+        })?;
         let worlds = self.worlds()?;
         let names: BTreeSet<&str> = worlds.iter().map(|w| w.name.as_str()).collect();
         let with_base: BTreeSet<&str> = worlds
@@ -586,7 +651,6 @@ impl Store {
             .filter(|w| w.parent.is_some())
             .map(|w| w.name.as_str())
             .collect();
-        let mut cleanups = Vec::new();
 
         let mut orphans = Vec::new();
         for (dir, claimed) in [(WORLDS_DIR, &names), (BASES_DIR, &with_base)] {

@@ -259,7 +259,7 @@ fn orphans_removed_on_open() {
         .iter()
         .map(|cleanup| match cleanup {
             Cleanup::Removed { path } => path.display().to_string(),
-            Cleanup::Missing { path } => panic!("unexpected missing {}", path.display()),
+            other => panic!("unexpected clean-up {other:?}"),
         })
         .collect();
     assert_eq!(

@@ -1,4 +1,5 @@
 use worlds::db::Source;
+use worlds::runtime::{Limits, RunConfig, RunStatus};
 use worlds::WorldName;
 
 use super::Context;
@@ -17,9 +18,15 @@ pub struct Args {
 pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     let store = context.open_store()?;
     let details = store.details(&args.name)?;
+    let status = store.status(&args.name)?;
+    let config = store.run_config(&args.name)?;
 
     if args.json {
-        ui::print_json(&details)?;
+        ui::print_json(&Shown {
+            details: &details,
+            status: &status,
+            config: &config,
+        })?;
         return Ok(ui::EXIT_OK);
     }
     let record = &details.record;
@@ -51,8 +58,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
                 children.join(", ")
             },
         ),
-        // NOTE: every world is stopped until worlds can run processes.
-        ("state", "stopped".to_owned()),
+        ("state", describe_state(&status)),
         (
             "created",
             format!(
@@ -81,8 +87,55 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             ),
         ));
     }
+    let run = status.run.as_ref();
+    let network = run.map_or(config.network, |run| run.network);
+    rows.push(("network", network.to_string()));
+    if let Some(address) = run.and_then(|run| run.address) {
+        rows.push(("address", address.to_string()));
+    }
+    let limits = run.map_or(config.limits, |run| run.limits);
+    if limits != Limits::default() {
+        rows.push(("limits", describe_limits(&limits)));
+    }
     for (key, value) in rows {
         println!("{:<9} {value}", format!("{key}:"));
     }
     Ok(ui::EXIT_OK)
+}
+
+/// The JSON of `world show`: the world's details with `state` (`stopped`,
+/// `running` or `frozen`), the run facts of a running world (`init_pid`,
+/// `monitor_pid`, `started`, `run`), and `config`, the stored run settings.
+#[derive(serde::Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    details: &'a worlds::store::WorldDetails,
+    #[serde(flatten)]
+    status: &'a RunStatus,
+    config: &'a RunConfig,
+}
+
+fn describe_state(status: &RunStatus) -> String {
+    match (status.init_pid, status.started) {
+        (Some(pid), Some(started)) => format!(
+            "{} since {} (init pid {pid})",
+            status.state,
+            ui::format_time(started)
+        ),
+        _ => status.state.to_string(),
+    }
+}
+
+fn describe_limits(limits: &Limits) -> String {
+    let mut parts = Vec::new();
+    if let Some(memory) = limits.memory {
+        parts.push(format!("memory {}", worlds::size::format(memory)));
+    }
+    if let Some(pids) = limits.pids {
+        parts.push(format!("pids {pids}"));
+    }
+    if let Some(cpus) = limits.cpus {
+        parts.push(format!("cpus {cpus}"));
+    }
+    parts.join(", ")
 }

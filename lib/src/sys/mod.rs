@@ -1,11 +1,12 @@
 //! Safe wrappers around the kernel interfaces that `std` and `nix` do not
-//! cover: the btrfs subvolume ioctls and loop devices.
+//! cover: the btrfs subvolume ioctls, loop devices and `_exit`.
 //!
 //! Every `unsafe` block of the crate lives below this module, each with a
 //! `SAFETY:` line that names the invariant it relies on.
 
 pub mod btrfs;
 pub mod loopdev;
+pub mod process;
 
 use std::ffi::OsStr;
 use std::io;

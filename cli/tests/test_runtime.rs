@@ -1,0 +1,406 @@
+//! Running worlds: real containers on busybox worlds.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::common::{run, TestEnv, WORLD};
+
+/// Returns every entry under `root` with its inode number and ctime, which
+/// any change to data or metadata moves.
+fn ctime_listing(root: &Path) -> String {
+    let output = Command::new("find")
+        .arg(root)
+        .args(["-printf", "%P %i %C@ %T@ %m %U:%G %s %y\\n"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let mut lines: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+/// Returns the JSON of `world show NAME`.
+fn show(env: &TestEnv, name: &str) -> serde_json::Value {
+    let shown = env.world_ok(&["show", name, "--json"]);
+    serde_json::from_str(&shown.stdout).unwrap()
+}
+
+/// Returns the host pids of the world's processes, from `world ps`.
+fn host_pids(env: &TestEnv, name: &str) -> Vec<i32> {
+    let ps = env.world_ok(&["ps", name, "--json"]);
+    let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    processes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|process| process["host_pid"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+/// Asserts that nothing of world `name` is left on the host: processes,
+/// cgroups, runtime files, container state.
+fn assert_nothing_left(env: &TestEnv, name: &str, container_id: &str, pids: &[i32]) {
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "));
+        assert!(!alive, "process {pid} of world `{name}` is still alive");
+    }
+    let cgroups = worlds::runtime::cgroup_dirs(container_id);
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    assert!(!env.store.join("run").join(name).exists());
+    assert!(!env.store.join("run/containers").join(container_id).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let world_root = env.store.join("pool/worlds").join(name);
+    assert!(
+        !mounts.contains(&format!(" {}/", world_root.display())),
+        "mounts left under {}",
+        world_root.display()
+    );
+}
+
+#[test]
+fn exec_exit_statuses() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    let cases: &[(&[&str], i32)] = &[
+        (&["/bin/busybox", "true"], 0),
+        (&["true"], 0),
+        (&["false"], 1),
+        (&["sh", "-c", "exit 7"], 7),
+        (&["sh", "-c", "kill -TERM $$"], 128 + 15),
+        (&["sh", "-c", "kill -KILL $$"], 128 + 9),
+        (&["no-such-command"], 127),
+        (&["/etc/passwd"], 126),
+    ];
+    for (command, expected) in cases {
+        let mut args = vec!["exec", "base", "--"];
+        args.extend_from_slice(command);
+        let result = env.world(&args);
+        assert_eq!(result.code, *expected, "{command:?}: {}", result.stderr);
+    }
+    let missing = env.world(&["exec", "base", "no-such-command"]);
+    assert!(
+        missing
+            .stderr
+            .contains("world exec: no-such-command: command not found"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn exec_missing_command_is_usage_error() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    let result = env.world(&["exec", "base"]);
+    assert_eq!(result.code, 2);
+    assert!(result.stderr.contains("<CMD>"), "{}", result.stderr);
+}
+
+#[test]
+fn exec_passes_stdin_and_options() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    let mut child = env
+        .command(WORLD)
+        .args([
+            "exec",
+            "base",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done >&2",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\nworld\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "HELLO\nWORLD\n");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("done"));
+
+    let options = env.world_ok(&[
+        "exec",
+        "base",
+        "-e",
+        "GREETING=hi there",
+        "--cwd",
+        "/etc",
+        "--user",
+        "nobody",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$GREETING\"; pwd; id -u; id -g; hostname",
+    ]);
+    assert_eq!(options.stdout, "hi there\n/etc\n65534\n65534\nbase\n");
+    let group = env.world_ok(&["exec", "base", "--user", "nobody:root", "id", "-g"]);
+    assert_eq!(group.stdout, "0\n");
+
+    let unknown = env.world(&["exec", "base", "--user", "mallory", "true"]);
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    assert!(
+        unknown
+            .stderr
+            .contains("user `mallory` not found in `/etc/passwd` of world `base`"),
+        "{}",
+        unknown.stderr
+    );
+    let relative = env.world(&["exec", "base", "--cwd", "etc", "true"]);
+    assert_eq!(relative.code, 2, "{}", relative.stderr);
+}
+
+#[test]
+fn exec_forwards_signals() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["start", "base"]);
+    for (signal, number) in [
+        (Signal::SIGTERM, 15),
+        (Signal::SIGINT, 2),
+        (Signal::SIGHUP, 1),
+    ] {
+        let script = format!(
+            "trap 'echo got {number}; exit {number}' {number}; echo ready; while true; do sleep 0.05; done"
+        );
+        let mut child = env
+            .command(WORLD)
+            .args(["exec", "base", "--", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("got {number}\n"), "{signal}");
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(number), "{signal}");
+    }
+}
+
+#[test]
+fn daemon_outlives_exec() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    let started = Instant::now();
+    // busybox httpd daemonizes: the command exits at once and the server
+    // keeps its port open in the world.
+    env.world_ok(&[
+        "exec",
+        "base",
+        "sh",
+        "-c",
+        "mkdir -p /srv && echo served > /srv/index.html && httpd -p 127.0.0.1:18431 -h /srv",
+    ]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let ps = env.world_ok(&["ps", "base"]);
+    assert!(
+        ps.stdout.contains("httpd -p 127.0.0.1:18431"),
+        "{}",
+        ps.stdout
+    );
+    let fetched = run(env.command("busybox").args([
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://127.0.0.1:18431/index.html",
+    ]));
+    assert_eq!(fetched.stdout, "served\n", "{}", fetched.stderr);
+}
+
+#[test]
+fn start_stop_leave_nothing_behind() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    let started = env.world_ok(&["start", "base"]);
+    assert_eq!(started.stderr, "world `base` started running\n");
+    let again = env.world_ok(&["start", "base"]);
+    assert_eq!(again.stderr, "world `base` is running already; running\n");
+
+    env.world_ok(&["exec", "base", "sh", "-c", "sleep 600 > /dev/null 2>&1 &"]);
+    let shown = show(&env, "base");
+    assert_eq!(shown["state"], "running");
+    let container_id = shown["run"]["container_id"].as_str().unwrap().to_owned();
+    let pids = host_pids(&env, "base");
+    assert_eq!(pids.len(), 2, "init and sleep");
+    assert!(shown["init_pid"].as_i64().unwrap() as i32 == pids[0]);
+
+    let list = env.world_ok(&["list"]);
+    assert!(
+        list.stdout.contains("base  -       running"),
+        "{}",
+        list.stdout
+    );
+    let stopped = env.world_ok(&["stop", "base"]);
+    assert_eq!(stopped.stderr, "world `base` stopped\n");
+    assert_nothing_left(&env, "base", &container_id, &pids);
+    assert_eq!(show(&env, "base")["state"], "stopped");
+    let ps = env.world(&["ps", "base"]);
+    assert_eq!(ps.code, 2);
+    assert!(ps.stderr.contains("world `base` is not running"));
+    let not_running = env.world_ok(&["stop", "base"]);
+    assert_eq!(not_running.stderr, "world `base` is not running\n");
+}
+
+#[test]
+fn stop_kills_after_grace_period() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&[
+        "exec",
+        "base",
+        "sh",
+        "-c",
+        "trap '' TERM; while true; do sleep 0.1; done > /dev/null 2>&1 &",
+    ]);
+    let container_id = show(&env, "base")["run"]["container_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pids = host_pids(&env, "base");
+    let started = Instant::now();
+    let stopped = env.world_ok(&["stop", "base", "--time", "0.5"]);
+    assert!(stopped.stderr.contains("killed"), "{}", stopped.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_nothing_left(&env, "base", &container_id, &pids);
+}
+
+#[test]
+fn restart_gives_new_init() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["start", "base"]);
+    let before = show(&env, "base")["init_pid"].as_i64().unwrap();
+    env.world_ok(&["restart", "base"]);
+    let after = show(&env, "base");
+    assert_eq!(after["state"], "running");
+    assert_ne!(after["init_pid"].as_i64().unwrap(), before);
+}
+
+#[test]
+fn files_unchanged_by_start_and_exec() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    let root = env.store.join("pool/worlds/base");
+    let before = ctime_listing(&root);
+    env.world_ok(&["start", "base"]);
+    env.world_ok(&["exec", "base", "true"]);
+    let names = env.world_ok(&["exec", "base", "cat", "/etc/hosts", "/etc/hostname"]);
+    assert!(
+        names.stdout.contains("127.0.1.1\tbase\n"),
+        "{}",
+        names.stdout
+    );
+    assert!(names.stdout.ends_with("\nbase\n"), "{}", names.stdout);
+    env.world_ok(&["stop", "base"]);
+    let after = ctime_listing(&root);
+    assert_eq!(before, after);
+}
+
+#[test]
+fn stale_record_cleaned_up() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["exec", "base", "sh", "-c", "sleep 600 > /dev/null 2>&1 &"]);
+    let shown = show(&env, "base");
+    let container_id = shown["run"]["container_id"].as_str().unwrap().to_owned();
+    let monitor = shown["monitor_pid"].as_i64().unwrap() as i32;
+    let pids = host_pids(&env, "base");
+
+    // A crashed monitor leaves the world's processes without an owner.
+    kill(Pid::from_raw(monitor), Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{monitor}/stat"))
+        .is_ok_and(|stat| !stat.contains(") Z "))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let list = env.world_ok(&["list"]);
+    assert!(
+        list.stderr
+            .contains("world `base` was recorded as running, but its monitor was gone"),
+        "{}",
+        list.stderr
+    );
+    assert!(list.stdout.contains("stopped"), "{}", list.stdout);
+    assert_nothing_left(&env, "base", &container_id, &pids);
+    env.world_ok(&["exec", "base", "true"]);
+}
+
+#[test]
+fn delete_running_world_needs_force() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["create", "child", "base"]);
+    env.world_ok(&["exec", "child", "sh", "-c", "sleep 600 > /dev/null 2>&1 &"]);
+    let container_id = show(&env, "child")["run"]["container_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pids = host_pids(&env, "child");
+
+    let refused = env.world(&["delete", "child"]);
+    assert_eq!(refused.code, 2);
+    assert_eq!(
+        refused.stderr,
+        "error: world `child` is running\nhint: stop it with `world stop NAME`, or add --force to stop it and delete it\n"
+    );
+    let refused_parent = env.world(&["delete", "--recursive", "base"]);
+    assert_eq!(refused_parent.code, 2);
+
+    let deleted = env.world_ok(&["delete", "--recursive", "--force", "base"]);
+    assert_eq!(
+        deleted.stderr,
+        "deleted world `child`\ndeleted world `base`\n"
+    );
+    assert_nothing_left(&env, "child", &container_id, &pids);
+    assert!(!env.store.join("logs/child.log").exists());
+}
+
+#[test]
+fn failed_start_shows_monitor_log() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    // A memory limit of one page is below what init needs to start.
+    let failed = env.world(&["start", "base", "--memory", "4K"]);
+    assert_eq!(failed.code, 125, "{}", failed.stderr);
+    assert!(
+        failed
+            .stderr
+            .starts_with("error: world `base` failed to start; its monitor logged:\n"),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        failed.stderr.contains("monitor started"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(show(&env, "base")["state"], "stopped");
+    assert!(!env.store.join("run/base").exists());
+    env.world_ok(&["start", "base"]);
+}

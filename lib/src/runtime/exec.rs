@@ -1,0 +1,199 @@
+//! Commands run in a running world: libcontainer tenant processes, which
+//! join the namespaces and cgroup of the world's init and are children of
+//! the calling process.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::errno::Errno;
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use super::paths::RunPaths;
+use super::spec::DEFAULT_PATH;
+use super::user::{self, LookupError};
+use super::{Result, RuntimeError};
+use crate::name::WorldName;
+use crate::sys::process::exit_now;
+
+/// Exit status of a command that was not found, as shells use it.
+pub const EXIT_NOT_FOUND: i32 = 127;
+/// Exit status of a command that was found but could not run.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+
+/// A command to run in a world.
+#[derive(Debug, Default)]
+pub struct ExecRequest {
+    /// The command and its arguments; the command is looked up in PATH.
+    pub args: Vec<String>,
+    /// Variables set on top of PATH, HOME, USER and LOGNAME.
+    pub env: Vec<(String, String)>,
+    /// Working directory in the world [default: `/`].
+    pub cwd: Option<PathBuf>,
+    /// `USER[:GROUP]`, names or numbers from the world's `/etc/passwd` and
+    /// `/etc/group` [default: root].
+    pub user: Option<String>,
+    /// Give the command a new terminal, whose master end libcontainer sends
+    /// to the Unix socket at this path.
+    pub console_socket: Option<PathBuf>,
+    /// Descriptors for the command's standard input, output and error in
+    /// place of this process's own.
+    pub stdio: Option<[OwnedFd; 3]>,
+}
+
+/// A command running in a world, a child of this process.
+#[derive(Debug)]
+pub struct ExecChild {
+    pid: Pid,
+    world: WorldName,
+}
+
+impl ExecChild {
+    /// Returns the command's pid on the host.
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    /// Sends `signal` to the command.
+    pub fn signal(&self, signal: Signal) {
+        let _ = signal::kill(self.pid, signal);
+    }
+
+    /// Waits for the command to end and returns its exit status: the status
+    /// it exited with, or 128 plus the signal that ended it.
+    pub fn wait(&self) -> Result<i32> {
+        loop {
+            match waitpid(self.pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    return Err(RuntimeError::Wait {
+                        name: self.world.clone(),
+                        source: errno.into(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// The executor of commands: `execvp`, with shell-like exit statuses when
+/// the command cannot run.
+#[derive(Clone)]
+struct CommandExecutor;
+
+impl Executor for CommandExecutor {
+    fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
+        let args: Vec<String> = spec
+            .process()
+            .as_ref()
+            .and_then(|process| process.args().clone())
+            .unwrap_or_default();
+        let Some(program) = args.first() else {
+            return Err(ExecutorError::InvalidArg);
+        };
+        let Ok(c_args) = args
+            .iter()
+            .map(|arg| CString::new(arg.as_bytes()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+        else {
+            return Err(ExecutorError::InvalidArg);
+        };
+        let error = match nix::unistd::execvp(&c_args[0], &c_args) {
+            Err(error) => error,
+            Ok(never) => match never {},
+        };
+        let (message, code) = match error {
+            Errno::ENOENT => ("command not found", EXIT_NOT_FOUND),
+            Errno::EACCES => ("permission denied", EXIT_NOT_EXECUTABLE),
+            other => (other.desc(), EXIT_NOT_EXECUTABLE),
+        };
+        let _ = writeln!(std::io::stderr(), "world exec: {program}: {message}");
+        exit_now(code);
+    }
+
+    fn validate(&self, _spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
+        // `exec` reports a missing command with exit status 127 instead.
+        Ok(())
+    }
+}
+
+/// Starts `request` in the running world whose runtime files are at
+/// `paths` and whose root filesystem is `root` on the host.
+pub(crate) fn spawn(
+    name: &WorldName,
+    paths: &RunPaths,
+    root: &Path,
+    request: ExecRequest,
+) -> Result<ExecChild> {
+    let exec_error = |source| RuntimeError::Exec {
+        name: name.clone(),
+        source: Box::new(source),
+    };
+    let resolved = resolve_user(name, root, request.user.as_deref())?;
+
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("PATH".into(), DEFAULT_PATH.into());
+    env.insert("HOME".into(), resolved.home.clone());
+    if let Some(user) = &resolved.name {
+        env.insert("USER".into(), user.clone());
+        env.insert("LOGNAME".into(), user.clone());
+    }
+    for (key, value) in &request.env {
+        env.insert(key.clone(), value.clone());
+    }
+
+    let terminal = request.console_socket.is_some();
+    let mut builder = ContainerBuilder::new(paths.container_id.clone(), SyscallType::Linux)
+        .with_root_path(&paths.containers)
+        .map_err(exec_error)?
+        .with_executor(CommandExecutor)
+        .with_console_socket(request.console_socket.as_ref());
+    if let Some([stdin, stdout, stderr]) = request.stdio {
+        builder = builder
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr);
+    }
+    let pid = builder
+        .as_tenant()
+        .with_container_args(request.args)
+        .with_env(env)
+        .with_cwd(Some(request.cwd.unwrap_or_else(|| "/".into())))
+        .with_user(Some(resolved.uid))
+        .with_group(Some(resolved.gid))
+        .with_additional_gids(resolved.groups.clone())
+        .with_detach(terminal)
+        .build()
+        .map_err(exec_error)?;
+    Ok(ExecChild {
+        pid,
+        world: name.clone(),
+    })
+}
+
+/// Resolves `spec` in the world's own account files; root when `None`.
+fn resolve_user(name: &WorldName, root: &Path, spec: Option<&str>) -> Result<user::ResolvedUser> {
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    let group = fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+    user::resolve(spec.unwrap_or("0"), &passwd, &group).map_err(|error| match error {
+        LookupError::UnknownUser(user) => RuntimeError::UnknownUser {
+            name: name.clone(),
+            user,
+        },
+        LookupError::UnknownGroup(group) => RuntimeError::UnknownGroup {
+            name: name.clone(),
+            group,
+        },
+    })
+}
