@@ -79,8 +79,9 @@ fn init_logging(verbose: bool, monitor: bool) {
     } else if monitor {
         "warn,libcgroups=error,worlds=info"
     } else {
-        // libcgroups warns about every v1 controller the kernel lacks.
-        "warn,libcgroups=error"
+        // libcgroups warns about every v1 controller the kernel lacks, and
+        // libcontainer logs each error that it also returns.
+        "warn,libcgroups=off,libcontainer=off"
     };
     let filter = EnvFilter::try_from_env(LOG_VARIABLE).unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

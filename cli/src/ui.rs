@@ -50,7 +50,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             matches!(
                 error,
                 RuntimeError::NotRunning { .. }
-                    | RuntimeError::Running { .. }
+                    | RuntimeError::Frozen { .. }
                     | RuntimeError::UnknownUser { .. }
                     | RuntimeError::UnknownGroup { .. }
                     | RuntimeError::SubnetFull { .. }
@@ -144,6 +144,7 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     let runtime = as_runtime_error(cause).and_then(|error| {
         Some(match error {
             RuntimeError::NotRunning { .. } => "start it with `world start NAME`",
+            RuntimeError::Frozen { .. } => "thaw it with `world thaw NAME`",
             RuntimeError::UnknownUser { .. } | RuntimeError::UnknownGroup { .. } => {
                 "give a name from the world's account files, or a number"
             }

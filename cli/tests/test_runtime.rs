@@ -404,3 +404,345 @@ fn failed_start_shows_monitor_log() {
     assert!(!env.store.join("run/base").exists());
     env.world_ok(&["start", "base"]);
 }
+
+/// Fetches `url` from the host with busybox wget and returns the body.
+fn fetch(env: &TestEnv, url: &str) -> String {
+    let fetched = run(env.command("busybox").args(["wget", "-q", "-O", "-", url]));
+    assert_eq!(fetched.code, 0, "fetch {url}: {}", fetched.stderr);
+    fetched.stdout
+}
+
+#[test]
+fn veth_worlds_serve_same_port() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["create", "child", "base", "--network", "veth"]);
+    env.world_ok(&[
+        "start",
+        "base",
+        "--network",
+        "veth",
+        "--subnet",
+        "10.213.0.0/28",
+    ]);
+    let started = env.world_ok(&["start", "child", "--subnet", "10.213.0.0/28"]);
+    assert_eq!(
+        started.stderr,
+        "world `child` started running at 10.213.0.3\n"
+    );
+
+    let mut interfaces = Vec::new();
+    for (name, address) in [("base", "10.213.0.2"), ("child", "10.213.0.3")] {
+        let shown = show(&env, name);
+        assert_eq!(shown["run"]["network"], "veth");
+        assert_eq!(shown["run"]["address"], address);
+        let text = env.world_ok(&["show", name]);
+        assert!(
+            text.stdout.contains(&format!("address:  {address}\n")),
+            "{}",
+            text.stdout
+        );
+        interfaces.push(shown["run"]["host_interface"].as_str().unwrap().to_owned());
+        let script =
+            format!("mkdir -p /srv && echo {name} > /srv/index.html && httpd -p 80 -h /srv");
+        env.world_ok(&["exec", name, "sh", "-c", &script]);
+    }
+    assert_eq!(fetch(&env, "http://10.213.0.2/index.html"), "base\n");
+    assert_eq!(fetch(&env, "http://10.213.0.3/index.html"), "child\n");
+
+    env.world_ok(&["stop", "base", "child"]);
+    for interface in interfaces {
+        assert!(
+            !Path::new("/sys/class/net").join(&interface).exists(),
+            "veth {interface} left"
+        );
+    }
+}
+
+#[test]
+fn network_none_has_only_loopback() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["start", "base", "--network", "none"]);
+    let links = env.world_ok(&["exec", "base", "ls", "/sys/class/net"]);
+    assert_eq!(links.stdout, "lo\n");
+    let up = env.world_ok(&["exec", "base", "cat", "/sys/class/net/lo/operstate"]);
+    assert_eq!(up.stdout, "unknown\n", "loopback is up");
+    let resolv = env.world_ok(&["exec", "base", "cat", "/etc/resolv.conf"]);
+    assert_eq!(resolv.stdout, "");
+    assert_eq!(show(&env, "base")["run"]["network"], "none");
+}
+
+#[test]
+fn network_host_shares_interfaces() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    let host: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let links = env.world_ok(&["exec", "base", "ls", "/sys/class/net"]);
+    let mut in_world: Vec<&str> = links.stdout.lines().collect();
+    in_world.sort();
+    let mut host: Vec<&str> = host.iter().map(String::as_str).collect();
+    host.sort();
+    assert_eq!(in_world, host);
+}
+
+#[test]
+fn freeze_and_thaw_restore_state() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&[
+        "exec",
+        "base",
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.01; done > /dev/null 2>&1 &",
+    ]);
+    let counter = env.store.join("pool/worlds/base/tmp/counter");
+    let read = || std::fs::read_to_string(&counter).unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let frozen = env.world_ok(&["freeze", "base"]);
+    assert_eq!(frozen.stderr, "world `base` frozen\n");
+    assert_eq!(show(&env, "base")["state"], "frozen");
+    let list = env.world_ok(&["list"]);
+    assert!(list.stdout.contains("frozen"), "{}", list.stdout);
+    let at_freeze = read();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(), at_freeze, "the counter moved while frozen");
+    let again = env.world_ok(&["freeze", "base"]);
+    assert_eq!(again.stderr, "world `base` was frozen already\n");
+    let exec = env.world(&["exec", "base", "true"]);
+    assert_eq!(exec.code, 2);
+    assert!(
+        exec.stderr.contains("world `base` is frozen"),
+        "{}",
+        exec.stderr
+    );
+
+    let thawed = env.world_ok(&["thaw", "base"]);
+    assert_eq!(thawed.stderr, "world `base` thawed\n");
+    assert_eq!(show(&env, "base")["state"], "running");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(read(), at_freeze, "the counter did not move after thaw");
+    let not_frozen = env.world_ok(&["thaw", "base"]);
+    assert_eq!(not_frozen.stderr, "world `base` was not frozen\n");
+
+    // A frozen world stops like a running one.
+    env.world_ok(&["freeze", "base"]);
+    let stopped = env.world_ok(&["stop", "base", "--time", "5"]);
+    assert_eq!(stopped.stderr, "world `base` stopped\n");
+}
+
+#[test]
+fn limits_enforced() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&[
+        "start", "base", "--memory", "32M", "--pids", "20", "--cpus", "0.5",
+    ]);
+    let shown = env.world_ok(&["show", "base"]);
+    assert!(
+        shown
+            .stdout
+            .contains("limits:   memory 32.0 MiB, pids 20, cpus 0.5\n"),
+        "{}",
+        shown.stdout
+    );
+    let container_id = show(&env, "base")["run"]["container_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cgroup = |file: &str| {
+        let found = worlds::runtime::cgroup_dirs(&container_id)
+            .into_iter()
+            .find(|dir| dir.join(file).exists())
+            .unwrap_or_else(|| panic!("no cgroup of the world has {file}"));
+        std::fs::read_to_string(found.join(file)).unwrap()
+    };
+    assert_eq!(cgroup("memory.limit_in_bytes"), "33554432\n");
+    assert_eq!(cgroup("pids.max"), "20\n");
+    assert_eq!(cgroup("cpu.cfs_quota_us"), "50000\n");
+
+    // 64 MB in a shell variable is more than the world may have.
+    let memory = env.world(&[
+        "exec",
+        "base",
+        "sh",
+        "-c",
+        "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo ${#x}",
+    ]);
+    assert_eq!(memory.code, 128 + 9, "{}", memory.stderr);
+    let forks = env.world(&[
+        "exec",
+        "base",
+        "sh",
+        "-c",
+        "for i in $(seq 30); do sleep 5 & done; wait",
+    ]);
+    assert!(forks.stderr.contains("can't fork"), "{}", forks.stderr);
+}
+
+#[test]
+fn create_stores_run_settings() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&[
+        "create",
+        "child",
+        "base",
+        "--network",
+        "none",
+        "--pids",
+        "50",
+    ]);
+    env.world_ok(&["create", "grandchild", "child"]);
+    let shown = show(&env, "grandchild");
+    assert_eq!(shown["config"]["network"], "none");
+    assert_eq!(shown["config"]["limits"]["pids"], 50);
+    env.world_ok(&["start", "grandchild", "--pids", "60"]);
+    let running = show(&env, "grandchild");
+    assert_eq!(running["run"]["network"], "none");
+    assert_eq!(running["run"]["limits"]["pids"], 60);
+}
+
+/// A tmux server on a socket of its own, killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new(env: &TestEnv) -> Self {
+        let socket = env.folder().join("tmux.sock").to_str().unwrap().to_owned();
+        Self { socket }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let output = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Waits until the pane shows `text`, and returns the pane.
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pane = self.run(&["capture-pane", "-p", "-t", "console"]);
+            if pane.contains(text) {
+                return pane;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the pane:\n{pane}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .status();
+    }
+}
+
+#[test]
+fn console_through_tmux() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    let tmux = Tmux::new(&env);
+    let folder = env.folder().display().to_string();
+    // The pane's shell saves its terminal settings around the console, so
+    // that the test can compare them.
+    let script = format!(
+        "stty -g > {folder}/before; env -i PATH={path} TERM=tmux-256color WORLDS_STORE={store} {WORLD} console base; \
+         echo \"console exited $?\"; stty -g > {folder}/after; sleep 600",
+        path = crate::common::PATH,
+        store = env.store.display(),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "console",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &script,
+    ]);
+    tmux.wait_for("base:~#");
+
+    tmux.run(&[
+        "send-keys",
+        "-t",
+        "console",
+        "echo hello-$((6*7)); stty size",
+        "Enter",
+    ]);
+    let pane = tmux.wait_for("hello-42");
+    assert!(pane.contains("30 100"), "{pane}");
+    tmux.run(&["resize-window", "-t", "console", "-x", "120", "-y", "40"]);
+    tmux.run(&[
+        "send-keys",
+        "-t",
+        "console",
+        "clear; stty size; echo $TERM; hostname",
+        "Enter",
+    ]);
+    let pane = tmux.wait_for("40 120");
+    assert!(pane.contains("tmux-256color\nbase"), "{pane}");
+
+    tmux.run(&["send-keys", "-t", "console", "exit 3", "Enter"]);
+    tmux.wait_for("console exited 3");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !env.folder().join("after").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = std::fs::read_to_string(env.folder().join("before")).unwrap();
+    let after = std::fs::read_to_string(env.folder().join("after")).unwrap();
+    assert_eq!(before, after, "terminal settings not restored");
+}
+
+#[test]
+fn exec_tty_without_terminal() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    let mut child = env
+        .command(WORLD)
+        .args([
+            "exec",
+            "-t",
+            "base",
+            "sh",
+            "-c",
+            "tty; read line; echo got $line; exit 4",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(4), "{stdout}");
+    // The terminal echoes the typed line, so the order of lines varies.
+    assert!(stdout.contains("/dev/pts/"), "{stdout}");
+    assert!(stdout.contains("got typed"), "{stdout}");
+}

@@ -60,7 +60,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     let mut store = context.open_store()?;
     ensure_running(&mut store, &args.name, &args.start, context)?;
 
-    let request = ExecRequest {
+    let mut request = ExecRequest {
         args: args.command,
         env: args.env,
         cwd: args.cwd,
@@ -68,6 +68,10 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         ..ExecRequest::default()
     };
     if args.tty {
+        if !request.env.iter().any(|(key, _)| key == "TERM") {
+            let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+            request.env.push(("TERM".into(), term));
+        }
         return crate::terminal::run(&store, &args.name, request);
     }
     let code = run_forwarding_signals(&store, &args.name, request)?;

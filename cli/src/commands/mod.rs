@@ -2,9 +2,10 @@
 //! function that runs it.
 
 mod completions;
+mod console;
 mod create;
 mod delete;
-mod exec;
+pub mod exec;
 mod freeze;
 mod init;
 mod install_aliases;
@@ -73,6 +74,7 @@ pub enum Command {
     Stop(stop::Args),
     Restart(restart::Args),
     Exec(exec::Args),
+    Console(console::Args),
     Ps(ps::Args),
     Freeze(freeze::Args),
     Thaw(thaw::Args),
@@ -164,6 +166,7 @@ pub fn run(cli: Cli, context: &Context) -> anyhow::Result<u8> {
         Command::Stop(args) => stop::run(args, context),
         Command::Restart(args) => restart::run(args, context),
         Command::Exec(args) => exec::run(args, context),
+        Command::Console(args) => console::run(args, context),
         Command::Ps(args) => ps::run(args, context),
         Command::Freeze(args) => freeze::run(args, context),
         Command::Thaw(args) => thaw::run(args, context),

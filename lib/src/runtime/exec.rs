@@ -7,10 +7,11 @@ use std::ffi::CString;
 use std::fs;
 use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::oci_spec::runtime::{ProcessBuilder, Spec, UserBuilder};
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::errno::Errno;
@@ -42,9 +43,6 @@ pub struct ExecRequest {
     /// `USER[:GROUP]`, names or numbers from the world's `/etc/passwd` and
     /// `/etc/group` [default: root].
     pub user: Option<String>,
-    /// Give the command a new terminal, whose master end libcontainer sends
-    /// to the Unix socket at this path.
-    pub console_socket: Option<PathBuf>,
     /// Descriptors for the command's standard input, output and error in
     /// place of this process's own.
     pub stdio: Option<[OwnedFd; 3]>,
@@ -141,24 +139,12 @@ pub(crate) fn spawn(
         source: Box::new(source),
     };
     let resolved = resolve_user(name, root, request.user.as_deref())?;
+    let env = environment(&resolved, &request.env);
 
-    let mut env: HashMap<String, String> = HashMap::new();
-    env.insert("PATH".into(), DEFAULT_PATH.into());
-    env.insert("HOME".into(), resolved.home.clone());
-    if let Some(user) = &resolved.name {
-        env.insert("USER".into(), user.clone());
-        env.insert("LOGNAME".into(), user.clone());
-    }
-    for (key, value) in &request.env {
-        env.insert(key.clone(), value.clone());
-    }
-
-    let terminal = request.console_socket.is_some();
     let mut builder = ContainerBuilder::new(paths.container_id.clone(), SyscallType::Linux)
         .with_root_path(&paths.containers)
         .map_err(exec_error)?
-        .with_executor(CommandExecutor)
-        .with_console_socket(request.console_socket.as_ref());
+        .with_executor(CommandExecutor);
     if let Some([stdin, stdout, stderr]) = request.stdio {
         builder = builder
             .with_stdin(stdin)
@@ -173,13 +159,162 @@ pub(crate) fn spawn(
         .with_user(Some(resolved.uid))
         .with_group(Some(resolved.gid))
         .with_additional_gids(resolved.groups.clone())
-        .with_detach(terminal)
+        .with_detach(false)
         .build()
         .map_err(exec_error)?;
     Ok(ExecChild {
         pid,
         world: name.clone(),
     })
+}
+
+/// Returns the command's environment: PATH, HOME, USER and LOGNAME for
+/// `user`, then `extra` on top.
+fn environment(user: &user::ResolvedUser, extra: &[(String, String)]) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("PATH".into(), DEFAULT_PATH.into());
+    env.insert("HOME".into(), user.home.clone());
+    if let Some(name) = &user.name {
+        env.insert("USER".into(), name.clone());
+        env.insert("LOGNAME".into(), name.clone());
+    }
+    for (key, value) in extra {
+        env.insert(key.clone(), value.clone());
+    }
+    env
+}
+
+/// Starts `request` on a new pseudo-terminal in the running world whose
+/// runtime files are at `paths`, and returns it with the terminal's master
+/// end. The terminal starts with 0 rows and 0 columns: the caller sets its
+/// size.
+///
+/// libcontainer passes a terminal's master end to a Unix socket that the
+/// caller listens on (SCM_RIGHTS), and takes a terminal command only as a
+/// whole OCI process object in a file, so this writes both into the
+/// world's runtime directory for the moment of the start.
+pub(crate) fn spawn_terminal(
+    name: &WorldName,
+    paths: &RunPaths,
+    root: &Path,
+    request: ExecRequest,
+) -> Result<(ExecChild, OwnedFd)> {
+    let exec_error = |source| RuntimeError::Exec {
+        name: name.clone(),
+        source: Box::new(source),
+    };
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RuntimeError::Prepare {
+            name: name.clone(),
+            path,
+            source,
+        }
+    };
+    let resolved = resolve_user(name, root, request.user.as_deref())?;
+    let env = environment(&resolved, &request.env);
+
+    // The tenant gets the capabilities of init, as commands without a
+    // terminal do.
+    let init_spec =
+        Spec::load(paths.bundle.join("config.json")).map_err(|error| RuntimeError::Spec {
+            name: name.clone(),
+            source: error,
+        })?;
+    let capabilities = init_spec
+        .process()
+        .as_ref()
+        .and_then(|process| process.capabilities().clone());
+    let spec_error = |source| RuntimeError::Spec {
+        name: name.clone(),
+        source,
+    };
+    let mut user = UserBuilder::default().uid(resolved.uid).gid(resolved.gid);
+    if !resolved.groups.is_empty() {
+        user = user.additional_gids(resolved.groups.clone());
+    }
+    let mut env: Vec<String> = env
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    env.sort();
+    let mut process = ProcessBuilder::default()
+        .terminal(true)
+        .args(request.args)
+        .env(env)
+        .cwd(request.cwd.unwrap_or_else(|| "/".into()))
+        .user(user.build().map_err(spec_error)?)
+        .no_new_privileges(false);
+    if let Some(capabilities) = capabilities {
+        process = process.capabilities(capabilities);
+    }
+    let process = process.build().map_err(spec_error)?;
+
+    let id = std::process::id();
+    let process_path = paths.dir.join(format!("process-{id}.json"));
+    let socket_path = paths.dir.join(format!("console-{id}.sock"));
+    let json = serde_json::to_vec(&process).map_err(crate::db::DbError::from)?;
+    fs::write(&process_path, json).map_err(io_error(&process_path))?;
+    let _ = fs::remove_file(&socket_path);
+    let listener = UnixListener::bind(&socket_path).map_err(io_error(&socket_path))?;
+
+    let built = ContainerBuilder::new(paths.container_id.clone(), SyscallType::Linux)
+        .with_root_path(&paths.containers)
+        .map_err(exec_error)
+        .map(|builder| {
+            builder
+                .with_executor(CommandExecutor)
+                .with_console_socket(Some(&socket_path))
+                .as_tenant()
+                .with_process(Some(&process_path))
+                .with_detach(true)
+                .build()
+        });
+    let _ = fs::remove_file(&process_path);
+    let pid = built?.map_err(exec_error)?;
+    let child = ExecChild {
+        pid,
+        world: name.clone(),
+    };
+
+    let master = receive_master(&listener).map_err(io_error(&socket_path));
+    let _ = fs::remove_file(&socket_path);
+    match master {
+        Ok(master) => Ok((child, master)),
+        Err(error) => {
+            child.signal(Signal::SIGKILL);
+            let _ = child.wait();
+            Err(error)
+        }
+    }
+}
+
+/// Accepts libcontainer's connection on `listener` and receives the
+/// terminal's master end that it sends.
+fn receive_master(listener: &UnixListener) -> std::io::Result<OwnedFd> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+
+    let (stream, _) = listener.accept()?;
+    let mut name = [0u8; 256];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    rustix::net::recvmsg(
+        &stream,
+        &mut [std::io::IoSliceMut::new(&mut name)],
+        &mut ancillary,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    for message in ancillary.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message {
+            if let Some(fd) = fds.next() {
+                return Ok(fd);
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "no terminal descriptor arrived on the console socket",
+    ))
 }
 
 /// Resolves `spec` in the world's own account files; root when `None`.

@@ -91,8 +91,8 @@ pub enum RuntimeError {
     Db(#[from] DbError),
     #[error("world `{name}` is not running")]
     NotRunning { name: WorldName },
-    #[error("world `{name}` is running")]
-    Running { name: WorldName },
+    #[error("world `{name}` is frozen")]
+    Frozen { name: WorldName },
     #[error("world `{name}` failed to start{}", format_log(.log))]
     StartFailed { name: WorldName, log: String },
     #[error("launch the monitor of world `{name}`")]
@@ -443,12 +443,43 @@ impl Store {
     /// unless the request asks for a terminal. The caller must wait for it
     /// with [`ExecChild::wait`].
     pub fn exec(&self, name: &WorldName, request: ExecRequest) -> Result<ExecChild> {
-        let status = self.status(name)?;
-        if status.state == RunState::Stopped {
-            return Err(RuntimeError::NotRunning { name: name.clone() });
+        match self.status(name)?.state {
+            RunState::Running => {}
+            RunState::Stopped => return Err(RuntimeError::NotRunning { name: name.clone() }),
+            RunState::Frozen => return Err(RuntimeError::Frozen { name: name.clone() }),
         }
         let paths = self.run_paths(name)?;
         exec::spawn(name, &paths, &self.world_path(name), request)
+    }
+
+    /// Runs `request` in running world `name` on a new pseudo-terminal, and
+    /// returns it with the terminal's master end, whose window size the
+    /// caller sets. The caller must wait for it with [`ExecChild::wait`].
+    pub fn exec_terminal(
+        &self,
+        name: &WorldName,
+        request: ExecRequest,
+    ) -> Result<(ExecChild, std::os::fd::OwnedFd)> {
+        match self.status(name)?.state {
+            RunState::Running => {}
+            RunState::Stopped => return Err(RuntimeError::NotRunning { name: name.clone() }),
+            RunState::Frozen => return Err(RuntimeError::Frozen { name: name.clone() }),
+        }
+        let paths = self.run_paths(name)?;
+        exec::spawn_terminal(name, &paths, &self.world_path(name), request)
+    }
+
+    /// Returns the login shell and home directory of `user` (root when
+    /// `None`) in world `name` from its `/etc/passwd`, or `/bin/sh` and `/`.
+    pub fn login(&self, name: &WorldName, user: Option<&str>) -> (String, PathBuf) {
+        let passwd =
+            fs::read_to_string(self.world_path(name).join("etc/passwd")).unwrap_or_default();
+        let user = user.unwrap_or("0");
+        let shell = user::login_shell(&passwd, user).unwrap_or_else(|| "/bin/sh".to_owned());
+        let home = user::resolve(user, &passwd, "")
+            .map(|resolved| PathBuf::from(resolved.home))
+            .unwrap_or_else(|_| PathBuf::from("/"));
+        (shell, home)
     }
 
     /// Returns the processes of world `name`, ordered by their pid in it.

@@ -55,14 +55,10 @@ impl RunPaths {
             host_interface: format!("wv{:08x}", world_hash as u32),
         }
     }
-
-    /// Returns the world's cgroup path, relative to each hierarchy's root.
-    pub fn cgroup(&self) -> String {
-        cgroup_path(&self.container_id)
-    }
 }
 
-/// Returns the cgroup path of container `container_id`.
+/// Returns the cgroup path of container `container_id`, relative to each
+/// hierarchy's root.
 pub(crate) fn cgroup_path(container_id: &str) -> String {
     format!("/{container_id}")
 }

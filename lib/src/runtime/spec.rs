@@ -12,7 +12,7 @@ use libcontainer::oci_spec::runtime::{
 };
 use libcontainer::oci_spec::OciSpecError;
 
-use super::paths::RunPaths;
+use super::paths::{cgroup_path, RunPaths};
 use super::{NetworkMode, RunInfo};
 use crate::name::WorldName;
 
@@ -161,7 +161,7 @@ pub(crate) fn build(
     let default_linux = spec.linux().clone().unwrap_or_default();
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .cgroups_path(PathBuf::from(paths.cgroup()))
+        .cgroups_path(PathBuf::from(cgroup_path(&info.container_id)))
         .resources(resources.devices(vec![]).build()?)
         .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
         .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())

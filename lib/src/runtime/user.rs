@@ -87,6 +87,18 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, Lo
     Ok(user)
 }
 
+/// Returns the login shell of `user`, a name or a number, from the text
+/// of `/etc/passwd`, when it names one.
+pub fn login_shell(passwd: &str, user: &str) -> Option<String> {
+    let user = user.split(':').next().unwrap_or(user);
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let matches = fields.first() == Some(&user) || fields.get(2) == Some(&user);
+        let shell = fields.get(6).filter(|shell| !shell.is_empty())?;
+        matches.then(|| (*shell).to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +108,17 @@ mod tests {
         alice:x:1000:1000:Alice:/home/alice:/bin/sh\n";
     const GROUP: &str =
         "root:x:0:\nwww-data:x:33:\nalice:x:1000:\nadm:x:4:alice,bob\nstaff:x:50:alice\n";
+
+    #[test]
+    fn login_shells() {
+        assert_eq!(login_shell(PASSWD, "root").as_deref(), Some("/bin/sh"));
+        assert_eq!(
+            login_shell(PASSWD, "33").as_deref(),
+            Some("/usr/sbin/nologin")
+        );
+        assert_eq!(login_shell(PASSWD, "alice:adm").as_deref(), Some("/bin/sh"));
+        assert_eq!(login_shell(PASSWD, "mallory"), None);
+    }
 
     /// Expected uid, gid, home and supplementary groups.
     type Expected = Result<(u32, u32, &'static str, &'static [u32]), LookupError>;
