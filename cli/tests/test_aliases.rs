@@ -118,3 +118,21 @@ fn install_aliases_keeps_foreign_files() {
     ]);
     assert_eq!(missing.code, 2);
 }
+
+#[test]
+fn wconsole_is_world_console() {
+    let env = TestEnv::new();
+    let wconsole = link(env.folder(), "wconsole");
+    let help = run(env.command(&wconsole).arg("--help"));
+    assert_eq!(help.code, 0);
+    assert!(
+        help.stdout.contains("Opens an interactive login shell"),
+        "{}",
+        help.stdout
+    );
+    assert!(
+        help.stdout.contains("Alias: `wconsole NAME`"),
+        "{}",
+        help.stdout
+    );
+}

@@ -746,3 +746,35 @@ fn exec_tty_without_terminal() {
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
     assert!(stdout.contains("got typed"), "{stdout}");
 }
+
+#[test]
+fn terminal_ctrl_c_reaches_exec() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["start", "base"]);
+    let tmux = Tmux::new(&env);
+    // The command runs in a session of its own, so the terminal's SIGINT
+    // reaches it only when `world exec` passes it on.
+    let script = format!(
+        "env -i PATH={path} WORLDS_STORE={store} {WORLD} exec base sh -c \
+         \"trap 'echo got-int; exit 7' INT; echo ready; while true; do sleep 0.05; done\"; \
+         echo \"exec exited $?\"; sleep 600",
+        path = crate::common::PATH,
+        store = env.store.display(),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "console",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &script,
+    ]);
+    tmux.wait_for("ready");
+    tmux.run(&["send-keys", "-t", "console", "C-c"]);
+    let pane = tmux.wait_for("exec exited 7");
+    assert!(pane.contains("got-int"), "{pane}");
+}

@@ -3,4 +3,5 @@
 
 mod common;
 mod test_init;
+mod test_runtime;
 mod test_store;

@@ -2,9 +2,7 @@ use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::exfiltrator::WithOrigin;
-use signal_hook::iterator::SignalsInfo;
-use signal_hook::low_level::siginfo::Cause;
+use signal_hook::iterator::Signals;
 use worlds::runtime::{ExecChild, ExecRequest, RunState, StartOutcome};
 use worlds::{Store, WorldName};
 
@@ -16,10 +14,10 @@ use crate::ui;
 ///
 /// Standard input, output and error pass through, and SIGINT, SIGTERM and
 /// SIGHUP are passed on to the command. `world exec` returns when the
-/// command exits, even if the command left daemons running in the world,
-/// and exits with the command's status: its own, 127 when it is not found
-/// in the world, 126 when it cannot run, or 128 plus the number of the
-/// signal that ended it.
+/// command exits, even if the command left daemons running in the world.
+/// Its exit status is the command's: its own, 127 when the command is not
+/// found in the world, 126 when it cannot run, or 128 plus the number of
+/// the signal that ended it.
 ///
 /// Alias: `wexec NAME CMD [ARGS...]`.
 #[derive(Debug, clap::Args)]
@@ -105,19 +103,16 @@ fn run_forwarding_signals(
     // The handlers go in before the command starts, so that a signal in
     // between is queued and passed on rather than ending this process.
     // The command's own handlers return to the defaults when it execs.
-    let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP])?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let handle = signals.handle();
     let child = store.exec(name, request)?;
 
     let pid = child.pid();
     let forwarder = std::thread::spawn(move || {
-        for origin in signals.forever() {
-            // A terminal sends SIGINT or SIGHUP to its whole foreground
-            // process group, which includes the command already.
-            if origin.cause == Cause::Kernel {
-                continue;
-            }
-            if let Ok(signal) = Signal::try_from(origin.signal) {
+        // libcontainer starts the command in a session of its own, so a
+        // terminal's SIGINT or SIGHUP reaches it only through this process.
+        for signal in signals.forever() {
+            if let Ok(signal) = Signal::try_from(signal) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
             }
         }

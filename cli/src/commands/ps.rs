@@ -6,8 +6,9 @@ use crate::ui;
 
 /// Lists the processes of a running world.
 ///
-/// PID and PPID are as the world sees them (init is 1; a PPID of 0 is a
-/// parent outside the world, such as `world exec`); HOST-PID is the host's.
+/// PID and PPID are numbers in the world's pid namespace, where init is 1.
+/// A PPID of 0 is a parent outside the world, such as `world exec`.
+/// HOST-PID is the number in the host's pid namespace.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The world whose processes to list.

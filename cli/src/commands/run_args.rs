@@ -5,7 +5,7 @@ use worlds::runtime::{Limits, NetworkMode, RunConfig, StartOptions, Subnet};
 
 use super::Context;
 
-/// How the world runs: network and resource limits.
+/// Run settings of a world: network and resource limits.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// Network: `host` shares the host's, `none` has only loopback, `veth`
@@ -16,7 +16,7 @@ pub struct RunArgs {
     /// Memory limit, such as `256M` or `2G`.
     #[arg(long, value_name = "SIZE", value_parser = super::init::parse_size)]
     pub memory: Option<u64>,
-    /// The most processes and threads the world may have at once.
+    /// Maximum number of processes and threads in the world at once.
     #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub pids: Option<u64>,
     /// CPU time as a number of CPUs, such as `0.5` or `2`.

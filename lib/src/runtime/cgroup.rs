@@ -2,7 +2,7 @@
 //! processes in it, and its removal when libcontainer could not remove it.
 //!
 //! On a host with cgroup v1 hierarchies (the hybrid layout of Debian 12
-//! without systemd) a world has one directory per controller; on a cgroup
+//! without systemd) a world has one directory per controller. On a cgroup
 //! v2 host it has one directory in the unified tree.
 
 use std::fs;

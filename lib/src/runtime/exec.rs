@@ -189,10 +189,10 @@ fn environment(user: &user::ResolvedUser, extra: &[(String, String)]) -> HashMap
 /// end. The terminal starts with 0 rows and 0 columns: the caller sets its
 /// size.
 ///
-/// libcontainer passes a terminal's master end to a Unix socket that the
-/// caller listens on (SCM_RIGHTS), and takes a terminal command only as a
-/// whole OCI process object in a file, so this writes both into the
-/// world's runtime directory for the moment of the start.
+/// libcontainer sends a terminal's master end to a Unix socket that the
+/// caller listens on (SCM_RIGHTS). It takes a terminal command only as a
+/// whole OCI process object in a file. Both live in the world's runtime
+/// directory while the command starts.
 pub(crate) fn spawn_terminal(
     name: &WorldName,
     paths: &RunPaths,

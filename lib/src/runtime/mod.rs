@@ -164,7 +164,7 @@ pub struct Limits {
     /// Memory limit in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<u64>,
-    /// The most processes and threads the world may have at once.
+    /// Maximum number of processes and threads in the world at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
     /// CPU time as a number of CPUs, such as `0.5` or `2`.
@@ -183,8 +183,8 @@ impl Limits {
     }
 }
 
-/// How a world runs: stored per world by [`Store::configure`], and given
-/// again, in part, to [`Store::start`].
+/// Run settings of a world: stored per world by [`Store::configure`], and
+/// given again, in part, to [`Store::start`].
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunConfig {
     #[serde(default)]
@@ -193,7 +193,7 @@ pub struct RunConfig {
     pub limits: Limits,
 }
 
-/// What a running world was started with, stored in its running record.
+/// Settings and addresses of a running world, stored in its running record.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunInfo {
     pub network: NetworkMode,
@@ -279,14 +279,14 @@ impl RunStatus {
     }
 }
 
-/// What [`Store::start`] did.
+/// Outcome of [`Store::start`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartOutcome {
     Started,
     AlreadyRunning,
 }
 
-/// What [`Store::stop`] did.
+/// Outcome of [`Store::stop`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopOutcome {
     /// Every process ended within the grace period.
@@ -440,7 +440,7 @@ impl Store {
     /// Runs `request` in running world `name` as a child of this process.
     ///
     /// The child inherits this process's standard input, output and error
-    /// unless the request asks for a terminal. The caller must wait for it
+    /// unless `request.stdio` replaces them. The caller must wait for it
     /// with [`ExecChild::wait`].
     pub fn exec(&self, name: &WorldName, request: ExecRequest) -> Result<ExecChild> {
         match self.status(name)?.state {

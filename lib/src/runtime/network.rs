@@ -1,9 +1,9 @@
 //! A world's network: the host's (`host`), loopback only (`none`), or a
 //! network namespace joined to the host by a veth pair (`veth`).
 //!
-//! A veth world gets one address of the subnet as a /32, and the host's end
-//! of every pair carries the subnet's first address, which is each world's
-//! gateway; the host routes each world's address to its pair. So worlds
+//! A veth world gets one address of the subnet as a /32. The host's end of
+//! every pair carries the subnet's first address, which is each world's
+//! gateway, and the host routes each world's address to its pair. So worlds
 //! never share a link, and parent and child can each serve the same port on
 //! their own address. The interfaces are set up with iproute2's `ip`, run in
 //! the world's network namespace through util-linux's `nsenter`.
@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::str::FromStr;
 
-/// How a world reaches the network.
+/// Network mode of a world.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetworkMode {

@@ -1,5 +1,5 @@
-//! Where a world's runtime files live, and the names derived from the
-//! store and the world: container id, cgroup and veth interface.
+//! Paths of a world's runtime files, and the names derived from the store
+//! and the world: container id, cgroup and veth interface.
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +24,8 @@ pub struct RunPaths {
     pub logs: PathBuf,
     /// The monitor's log, `STORE/logs/NAME.log`, kept after the world stops.
     pub log: PathBuf,
-    /// `worlds-HASH-NAME`: the container id and the cgroup's name, where
-    /// HASH tells stores apart.
+    /// `worlds-HASH-NAME`: the container id and the cgroup's name. HASH
+    /// comes from the store's path, so that two stores' worlds differ.
     pub container_id: String,
     /// The host's end of the veth pair: `wv` and 8 hex digits, within the
     /// 15 bytes that interface names allow.
@@ -63,7 +63,8 @@ pub(crate) fn cgroup_path(container_id: &str) -> String {
     format!("/{container_id}")
 }
 
-/// The 64-bit FNV-1a hash, stable across builds and machines.
+/// Returns the 64-bit FNV-1a hash of `bytes`, which is the same on every
+/// build and machine.
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in bytes {

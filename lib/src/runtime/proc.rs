@@ -15,7 +15,7 @@ pub struct ProcessInfo {
     /// The parent's pid inside the world, or 0 for a process whose parent
     /// is outside it, such as a command of `world exec`.
     pub ppid: i32,
-    /// Real user id, as the host sees it.
+    /// Real user id in the host's user namespace.
     pub uid: u32,
     /// One-letter state: R running, S sleeping, D disk wait, Z zombie, T
     /// stopped.

@@ -12,7 +12,7 @@ pub struct ResolvedUser {
     pub home: String,
 }
 
-/// Why a user specification did not resolve.
+/// The part of a user specification that did not resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookupError {
     UnknownUser(String),
