@@ -236,9 +236,9 @@ fn start_stop_leave_nothing_behind() {
     let env = TestEnv::new();
     env.init_busybox("base");
     let started = env.world_ok(&["start", "base"]);
-    assert_eq!(started.stderr, "world `base` started running\n");
+    assert_eq!(started.stderr, "started world `base`\n");
     let again = env.world_ok(&["start", "base"]);
-    assert_eq!(again.stderr, "world `base` is running already; running\n");
+    assert_eq!(again.stderr, "world `base` is running already\n");
 
     env.world_ok(&["exec", "base", "sh", "-c", "sleep 600 > /dev/null 2>&1 &"]);
     let shown = show(&env, "base");
@@ -426,10 +426,7 @@ fn veth_worlds_serve_same_port() {
         "10.213.0.0/28",
     ]);
     let started = env.world_ok(&["start", "child", "--subnet", "10.213.0.0/28"]);
-    assert_eq!(
-        started.stderr,
-        "world `child` started running at 10.213.0.3\n"
-    );
+    assert_eq!(started.stderr, "started world `child` at 10.213.0.3\n");
 
     let mut interfaces = Vec::new();
     for (name, address) in [("base", "10.213.0.2"), ("child", "10.213.0.3")] {

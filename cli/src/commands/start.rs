@@ -22,19 +22,22 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     let options = args.start.options(context)?;
     let outcome = store.start(&args.name, &options)?;
 
-    let message = match outcome {
-        StartOutcome::Started => "started",
-        StartOutcome::AlreadyRunning => "is running already;",
-    };
     let status = store.status(&args.name)?;
     let address = status
         .run
         .and_then(|run| run.address)
         .map(|address| format!(" at {address}"))
         .unwrap_or_default();
-    ui::status(
-        context.quiet,
-        format_args!("world `{}` {message} {}{address}", args.name, status.state),
-    );
+    let name = &args.name;
+    match outcome {
+        StartOutcome::Started => ui::status(
+            context.quiet,
+            format_args!("started world `{name}`{address}"),
+        ),
+        StartOutcome::AlreadyRunning => ui::status(
+            context.quiet,
+            format_args!("world `{name}` is {} already{address}", status.state),
+        ),
+    }
     Ok(ui::EXIT_OK)
 }

@@ -29,8 +29,13 @@
 //! - `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` are mounted only
 //!   where the world has them as regular files: creating a mount point would
 //!   write into the world.
+//! - libcontainer creates the mount points `/proc`, `/sys` and `/dev` in a
+//!   world that lacks them; busybox and Debian roots have all three.
 //! - The cgroup code paths read the cgroup v1 hierarchies (`pids`,
-//!   `freezer`) first and fall back to a cgroup v2 layout.
+//!   `freezer`) first and fall back to a cgroup v2 layout, which no test
+//!   runs on.
+//! - Init is a fork of the monitor without exec, so a world's root can
+//!   read and run the host's `world` binary through `/proc/1/exe`.
 //! - A world on a veth network reaches the host's end of its pair and
 //!   nothing beyond it: worlds does not forward or masquerade its traffic.
 //! - Veth addresses are unique among the running worlds of one store; two
@@ -377,7 +382,11 @@ impl Store {
         let info = self.plan_run(name, &paths, network, limits, &options.subnet)?;
         self.prepare_run_dir(name, &paths, &info)?;
 
-        self.launch_monitor(name, &paths, &options.monitor)?;
+        if let Err(error) = self.launch_monitor(name, &paths, &options.monitor) {
+            // A monitor that timed out was killed before it could clean up.
+            teardown(name, &paths, Some(&info));
+            return Err(error);
+        }
         tracing::info!(world = %name, network = ?info.network, "world started");
         Ok(StartOutcome::Started)
     }
