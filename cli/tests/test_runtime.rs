@@ -775,3 +775,64 @@ fn terminal_ctrl_c_reaches_exec() {
     let pane = tmux.wait_for("exec exited 7");
     assert!(pane.contains("got-int"), "{pane}");
 }
+
+#[test]
+fn debian_service_stops_gracefully() {
+    let env = TestEnv::new();
+    env.world_ok(&[
+        "init",
+        "deb",
+        "--debootstrap",
+        "bookworm",
+        "--pool-size",
+        "1G",
+    ]);
+    let root = env.store.join("pool/worlds/deb");
+
+    // Debian has its own hostname, hosts and resolv.conf, which a running
+    // world gets mounted over, not written.
+    let before = ctime_listing(&root);
+    env.world_ok(&["start", "deb"]);
+    let hostname = env.world_ok(&["exec", "deb", "cat", "/etc/hostname"]);
+    assert_eq!(hostname.stdout, "deb\n");
+    let user = env.world_ok(&["exec", "--user", "www-data", "deb", "id", "-un"]);
+    assert_eq!(user.stdout, "www-data\n");
+    env.world_ok(&["stop", "deb"]);
+    assert_eq!(ctime_listing(&root), before);
+
+    // A service started with Debian's start-stop-daemon, under its own
+    // user, outlives the exec and gets SIGTERM when the world stops.
+    env.world_ok(&[
+        "exec",
+        "deb",
+        "start-stop-daemon",
+        "--start",
+        "--background",
+        "--chuid",
+        "nobody",
+        "--exec",
+        "/bin/bash",
+        "--",
+        "-c",
+        "trap 'echo stopped > /tmp/service.state; exit 0' TERM; \
+         echo running > /tmp/service.state; while true; do sleep 0.1; done",
+    ]);
+    let state = root.join("tmp/service.state");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&state).unwrap_or_default() != "running\n" {
+        assert!(Instant::now() < deadline, "the service did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ps = env.world_ok(&["ps", "deb"]);
+    assert!(
+        ps.stdout
+            .lines()
+            .any(|line| line.contains("65534") && line.contains("/bin/bash -c trap")),
+        "{}",
+        ps.stdout
+    );
+
+    let stopped = env.world_ok(&["stop", "deb"]);
+    assert_eq!(stopped.stderr, "world `deb` stopped\n");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "stopped\n");
+}
