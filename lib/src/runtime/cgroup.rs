@@ -8,7 +8,7 @@
 use std::fs;
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -16,6 +16,8 @@ use nix::unistd::Pid;
 use super::paths::cgroup_path;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// How long [`kill_all`] waits for killed processes to leave the cgroup.
+const KILL_WAIT: Duration = Duration::from_secs(2);
 /// The v1 controllers that libcontainer makes a directory in.
 const V1_CONTROLLERS: &[&str] = &[
     "cpu",
@@ -76,17 +78,23 @@ pub(crate) fn is_frozen(container_id: &str) -> bool {
 }
 
 /// Sends `signal` to every process in the container's cgroup, thawing it
-/// first so that a frozen process can die.
+/// first so that a frozen process can act on it. For SIGKILL it then waits
+/// up to [`KILL_WAIT`] for the cgroup to empty, because a cgroup with
+/// processes in it cannot be removed.
 pub(crate) fn kill_all(container_id: &str, signal: Signal) {
     thaw(container_id);
-    // Processes forked while the first pass runs get the next pass.
-    for _ in 0..3 {
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
         let Ok(pids) = pids(container_id) else { return };
         if pids.is_empty() {
             return;
         }
+        // Processes forked since the last pass get this one.
         for pid in pids {
             let _ = signal::kill(Pid::from_raw(pid), signal);
+        }
+        if signal != Signal::SIGKILL || Instant::now() >= deadline {
+            return;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
