@@ -836,3 +836,59 @@ fn debian_service_stops_gracefully() {
     assert_eq!(stopped.stderr, "world `deb` stopped\n");
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "stopped\n");
 }
+
+#[test]
+fn init_reaps_orphans() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    // Each subshell exits at once and leaves its sleep to init, which must
+    // reap it when it ends.
+    env.world_ok(&[
+        "exec",
+        "base",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5; do (sleep 0.1 &); done",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let ps = env.world_ok(&["ps", "base", "--json"]);
+    let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    let processes = processes.as_array().unwrap();
+    assert_eq!(processes.len(), 1, "only init is left: {processes:?}");
+    assert_eq!(processes[0]["pid"], 1);
+    // Zombies leave the cgroup but stay children of init until reaped.
+    let init = processes[0]["host_pid"].as_i64().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    assert_eq!(children.trim(), "", "unreaped children of init");
+}
+
+#[test]
+fn monitor_sigterm_stops_world() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["exec", "base", "sh", "-c", "sleep 600 > /dev/null 2>&1 &"]);
+    let shown = show(&env, "base");
+    let container_id = shown["run"]["container_id"].as_str().unwrap().to_owned();
+    let monitor = shown["monitor_pid"].as_i64().unwrap() as i32;
+    let pids = host_pids(&env, "base");
+
+    kill(Pid::from_raw(monitor), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while show(&env, "base")["state"] != "stopped" {
+        assert!(Instant::now() < deadline, "the world did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The monitor removes its record last; wait for it to exit.
+    while Path::new(&format!("/proc/{monitor}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{monitor}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(Instant::now() < deadline, "the monitor did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_nothing_left(&env, "base", &container_id, &pids);
+    let log = std::fs::read_to_string(env.store.join("logs/base.log")).unwrap();
+    assert!(log.contains("monitor got a stop signal"), "{log}");
+    assert!(log.contains("world stopped"), "{log}");
+}
