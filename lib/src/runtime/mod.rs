@@ -451,6 +451,10 @@ impl Store {
     /// The child inherits this process's standard input, output and error
     /// unless `request.stdio` replaces them. The caller must wait for it
     /// with [`ExecChild::wait`].
+    ///
+    /// NOTE: libcontainer changes the whole process's working directory
+    /// while it sets up the command, so a caller must not run this, or
+    /// anything that uses relative paths, on two threads at once.
     pub fn exec(&self, name: &WorldName, request: ExecRequest) -> Result<ExecChild> {
         match self.status(name)?.state {
             RunState::Running => {}
