@@ -53,12 +53,12 @@ fn alias_help_is_the_subcommand_help() {
 #[test]
 fn alias_of_missing_subcommand_says_so() {
     let env = TestEnv::new();
-    let wmerge = link(env.folder(), "wmerge");
-    let result = run(env.command(&wmerge).args(["Child", "Parent"]));
+    let wset = link(env.folder(), "wset");
+    let result = run(env.command(&wset).args(["Parent"]));
     assert_eq!(result.code, 2);
     assert_eq!(
         result.stderr,
-        "error: `wmerge` runs `world merge`, which this version of worlds does not have yet\n"
+        "error: `wset` runs `world set`, which this version of worlds does not have yet\n"
     );
 }
 
