@@ -892,3 +892,22 @@ fn monitor_sigterm_stops_world() {
     assert!(log.contains("monitor got a stop signal"), "{log}");
     assert!(log.contains("world stopped"), "{log}");
 }
+
+#[test]
+fn exec_tty_long_world_name() {
+    let env = TestEnv::new();
+    // 64 bytes, the longest name: the console socket's path in the
+    // runtime directory would not fit in a Unix socket address.
+    let name = "a".repeat(64);
+    env.init_busybox(&name);
+    let result = env.world(&["exec", "-t", &name, "tty"]);
+    assert_eq!(result.code, 0, "{}", result.stderr);
+    assert!(result.stdout.starts_with("/dev/pts/"), "{}", result.stdout);
+    let left: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|file| file.starts_with("worlds-console-"))
+        .collect();
+    assert!(left.is_empty(), "console sockets left in /tmp: {left:?}");
+}

@@ -30,6 +30,8 @@ use crate::sys::process::exit_now;
 pub const EXIT_NOT_FOUND: i32 = 127;
 /// Exit status of a command that was found but could not run.
 pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+/// The longest path that a Unix socket address takes, without its NUL.
+const SUN_PATH_MAX: usize = 107;
 
 /// A command to run in a world.
 #[derive(Debug, Default)]
@@ -252,7 +254,7 @@ pub(crate) fn spawn_terminal(
 
     let id = std::process::id();
     let process_path = paths.dir.join(format!("process-{id}.json"));
-    let socket_path = paths.dir.join(format!("console-{id}.sock"));
+    let socket_path = console_socket_path(paths, id);
     let json = serde_json::to_vec(&process).map_err(crate::db::DbError::from)?;
     fs::write(&process_path, json).map_err(io_error(&process_path))?;
     let _ = fs::remove_file(&socket_path);
@@ -287,6 +289,20 @@ pub(crate) fn spawn_terminal(
             Err(error)
         }
     }
+}
+
+/// Returns where the console socket of process `id` is bound: the world's
+/// runtime directory, or `/tmp` where that path would not fit in a Unix
+/// socket address (108 bytes with its terminating NUL, see unix(7)).
+fn console_socket_path(paths: &RunPaths, id: u32) -> PathBuf {
+    let in_run_dir = paths.dir.join(format!("console-{id}.sock"));
+    if in_run_dir.as_os_str().len() < SUN_PATH_MAX {
+        return in_run_dir;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    PathBuf::from("/tmp").join(format!("worlds-console-{id}-{nanos}.sock"))
 }
 
 /// Accepts libcontainer's connection on `listener` and receives the
