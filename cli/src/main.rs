@@ -2,6 +2,7 @@
 
 mod aliases;
 mod commands;
+mod terminal;
 mod ui;
 
 use std::ffi::OsString;
@@ -13,6 +14,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::commands::{Cli, Context};
 
+/// The log filter variable.
+pub const LOG_VARIABLE: &str = "WORLDS_LOG";
 /// Makes a command crash at a named point, for crash-recovery tests.
 const CRASH_VARIABLE: &str = "WORLDS_TEST_CRASH_AT";
 
@@ -43,7 +46,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    init_logging(cli.global.verbose);
+    init_logging(cli.global.verbose, cli.command.is_monitor());
 
     let crash_point = match std::env::var(CRASH_VARIABLE).as_deref() {
         Ok("after-snapshot") => Some(worlds::store::CrashPoint::AfterSnapshot),
@@ -60,7 +63,12 @@ fn main() -> ExitCode {
         quiet: cli.global.quiet,
         crash_point,
     };
+    let is_monitor = cli.command.is_monitor();
     match commands::run(cli, &context) {
+        Err(error) if is_monitor => {
+            tracing::error!("{}", ui::format_chain(&error));
+            ExitCode::from(ui::EXIT_FAILURE)
+        }
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             ui::print_error(&error);
@@ -70,18 +78,27 @@ fn main() -> ExitCode {
 }
 
 /// Sends logs to stderr: warnings by default, debug for worlds with
-/// `--verbose`, or the filter in `WORLDS_LOG`.
-fn init_logging(verbose: bool) {
+/// `--verbose`, or the filter in `WORLDS_LOG`. A monitor, whose stderr is
+/// its world's log file, logs state changes with times.
+fn init_logging(verbose: bool, monitor: bool) {
     let default = if verbose {
         "warn,worlds=debug,world_cli=debug"
+    } else if monitor {
+        "warn,libcgroups=error,worlds=info"
     } else {
-        "warn"
+        // libcgroups warns about every v1 controller the kernel lacks, and
+        // libcontainer logs each error that it also returns.
+        "warn,libcgroups=off,libcontainer=off"
     };
-    let filter = EnvFilter::try_from_env("WORLDS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_env(LOG_VARIABLE).unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
+        .with_ansi(!monitor)
+        .with_target(false);
+    if monitor {
+        builder.init();
+    } else {
+        builder.without_time().init();
+    }
 }

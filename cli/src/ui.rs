@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use worlds::pool::PoolError;
 use worlds::rootfs::{Progress, RootfsError};
+use worlds::runtime::RuntimeError;
 use worlds::store::StoreError;
 
 /// Success.
@@ -25,13 +26,15 @@ Exit status:
   0    success
   1    the command ran and found conflicts or differences that block it
   2    invalid usage or input, such as a bad name or an unknown world
-  125  worlds itself failed (system error, missing tool, full pool)";
+  125  worlds itself failed (system error, missing tool, full pool)
+  n    `world exec` exits with the command's status: n, 126 when it
+       cannot run, 127 when it is not found, 128+n after signal n";
 
 /// Returns the exit code for an error: usage for mistakes the caller can
 /// fix on the command line, failure for everything else.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     let is_usage = |cause: &(dyn std::error::Error + 'static)| {
-        let store = cause.downcast_ref::<StoreError>().is_some_and(|error| {
+        let store = as_store_error(cause).is_some_and(|error| {
             matches!(
                 error,
                 StoreError::NoStore { .. }
@@ -44,6 +47,17 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                     | StoreError::InsideStore { .. }
                     | StoreError::NothingToUndo { .. }
                     | StoreError::NotSibling { .. }
+                    | StoreError::WorldRunning { .. }
+            )
+        });
+        let runtime = as_runtime_error(cause).is_some_and(|error| {
+            matches!(
+                error,
+                RuntimeError::NotRunning { .. }
+                    | RuntimeError::Frozen { .. }
+                    | RuntimeError::UnknownUser { .. }
+                    | RuntimeError::UnknownGroup { .. }
+                    | RuntimeError::SubnetFull { .. }
             )
         });
         let rootfs = cause.downcast_ref::<RootfsError>().is_some_and(|error| {
@@ -69,7 +83,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         });
         let size = cause.downcast_ref::<worlds::size::InvalidSize>().is_some()
             || cause.downcast_ref::<worlds::path::InvalidPath>().is_some();
-        store || rootfs || pool || size || cause.downcast_ref::<UsageError>().is_some()
+        store || runtime || rootfs || pool || size || cause.downcast_ref::<UsageError>().is_some()
     };
     if error.chain().any(is_usage) {
         EXIT_USAGE
@@ -85,6 +99,26 @@ fn as_pool_error<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a
         Some(StoreError::Pool(error)) => Some(error),
         _ => cause.downcast_ref::<PoolError>(),
     }
+}
+
+/// Returns the runtime error in `cause`.
+fn as_runtime_error<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a RuntimeError> {
+    cause.downcast_ref::<RuntimeError>()
+}
+
+/// Returns the store error in `cause`, also where a runtime error wraps it
+/// transparently.
+fn as_store_error<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a StoreError> {
+    match cause.downcast_ref::<RuntimeError>() {
+        Some(RuntimeError::Store(error)) => Some(error),
+        _ => cause.downcast_ref::<StoreError>(),
+    }
+}
+
+/// Formats `error` one cause a line, for logs.
+pub fn format_chain(error: &anyhow::Error) -> String {
+    let causes: Vec<String> = error.chain().map(ToString::to_string).collect();
+    causes.join("\ncaused by: ")
 }
 
 /// A mistake on the command line found after parsing, with an optional hint.
@@ -117,8 +151,25 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(usage) = cause.downcast_ref::<UsageError>() {
         return usage.hint.clone();
     }
-    let store = cause.downcast_ref::<StoreError>().and_then(|error| {
+    let runtime = as_runtime_error(cause).and_then(|error| {
         Some(match error {
+            RuntimeError::NotRunning { .. } => "start it with `world start NAME`",
+            RuntimeError::Frozen { .. } => "thaw it with `world thaw NAME`",
+            RuntimeError::UnknownUser { .. } | RuntimeError::UnknownGroup { .. } => {
+                "give a name from the world's account files, or a number"
+            }
+            RuntimeError::SubnetFull { .. } => "stop a veth world, or give a larger --subnet",
+            RuntimeError::StartFailed { .. } => {
+                "the monitor's log is in the store under logs/NAME.log"
+            }
+            _ => return None,
+        })
+    });
+    let store = as_store_error(cause).and_then(|error| {
+        Some(match error {
+            StoreError::WorldRunning { .. } => {
+                "stop it with `world stop NAME`, or add --force to stop it and delete it"
+            }
             StoreError::NotRoot => "run it as root, for example with sudo",
             StoreError::NoStore { .. } => {
                 "create the store and its first world with `world init NAME --busybox`, or pick another store with --store"
@@ -188,7 +239,8 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
             _ => return None,
         })
     };
-    store
+    runtime
+        .or(store)
         .or_else(pool)
         .or_else(errno)
         .map(str::to_owned)

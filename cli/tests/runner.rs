@@ -8,3 +8,4 @@ mod test_commands;
 mod test_diff;
 mod test_failures;
 mod test_merge;
+mod test_runtime;

@@ -53,13 +53,22 @@ fn alias_help_is_the_subcommand_help() {
 #[test]
 fn alias_of_missing_subcommand_says_so() {
     let env = TestEnv::new();
-    let wexec = link(env.folder(), "wexec");
-    let result = run(env.command(&wexec).args(["Parent", "true"]));
+    let wset = link(env.folder(), "wset");
+    let result = run(env.command(&wset).args(["Parent"]));
     assert_eq!(result.code, 2);
     assert_eq!(
         result.stderr,
-        "error: `wexec` runs `world exec`, which this version of worlds does not have yet\n"
+        "error: `wset` runs `world set`, which this version of worlds does not have yet\n"
     );
+}
+
+#[test]
+fn wexec_runs_world_exec() {
+    let env = TestEnv::new();
+    env.init_busybox("Parent");
+    let wexec = link(env.folder(), "wexec");
+    let result = run(env.command(&wexec).args(["Parent", "sh", "-c", "exit 5"]));
+    assert_eq!(result.code, 5, "{}", result.stderr);
 }
 
 #[test]
@@ -108,4 +117,22 @@ fn install_aliases_keeps_foreign_files() {
         env.folder().join("nope").to_str().unwrap(),
     ]);
     assert_eq!(missing.code, 2);
+}
+
+#[test]
+fn wconsole_is_world_console() {
+    let env = TestEnv::new();
+    let wconsole = link(env.folder(), "wconsole");
+    let help = run(env.command(&wconsole).arg("--help"));
+    assert_eq!(help.code, 0);
+    assert!(
+        help.stdout.contains("Opens an interactive login shell"),
+        "{}",
+        help.stdout
+    );
+    assert!(
+        help.stdout.contains("Alias: `wconsole NAME`"),
+        "{}",
+        help.stdout
+    );
 }

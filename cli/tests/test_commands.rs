@@ -54,6 +54,7 @@ fn lifecycle_of_a_small_tree() {
     source:   snapshot of its parent
     path:     [TMP]/store/pool/worlds/web-fix (subvolume [ID])
     base:     [TMP]/store/pool/bases/web-fix (subvolume [ID])
+    network:  host
     changes:  none since its base
     ");
 

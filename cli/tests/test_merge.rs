@@ -212,3 +212,75 @@ fn wcreate_combines_siblings() {
     );
     assert!(!env.store.join("pool/worlds/Child4").exists());
 }
+
+#[test]
+fn diff_empty_after_start_and_exec() {
+    let env = TestEnv::new();
+    family(&env);
+    env.world_ok(&["start", "Child"]);
+    env.world_ok(&["exec", "Child", "true"]);
+    env.world_ok(&[
+        "exec",
+        "Child",
+        "sh",
+        "-c",
+        "cat /etc/hosts /etc/resolv.conf /etc/hostname > /dev/null; ls /proc /sys /dev > /dev/null",
+    ]);
+    let running = env.world(&["diff", "--exit-code", "Child"]);
+    assert_eq!(
+        (running.code, running.stdout.as_str()),
+        (0, ""),
+        "{}",
+        running.stderr
+    );
+    env.world_ok(&["stop", "Child"]);
+    let stopped = env.world(&["diff", "--exit-code", "Child"]);
+    assert_eq!((stopped.code, stopped.stdout.as_str()), (0, ""));
+}
+
+#[test]
+fn merge_into_running_parent() {
+    let env = TestEnv::new();
+    family(&env);
+    env.world_ok(&["start", "Parent"]);
+    env.world_ok(&["start", "Child"]);
+    // A long-running process in the parent, started before the merge.
+    env.world_ok(&["exec", "Parent", "sh", "-c", "sleep 300 > /dev/null 2>&1 &"]);
+    env.world_ok(&[
+        "exec",
+        "Child",
+        "sh",
+        "-c",
+        "echo v2 > /srv/www/index.html && echo hi > /etc/motd",
+    ]);
+    assert_eq!(
+        env.world_ok(&["diff", "Child"]).stdout,
+        "A\t/etc/motd\nM\t/srv/www/index.html\n"
+    );
+
+    env.world_ok(&["merge", "Child", "Parent"]);
+    let page = env.world_ok(&["exec", "Parent", "cat", "/srv/www/index.html", "/etc/motd"]);
+    assert_eq!(page.stdout, "v2\nhi\n");
+    let parent: serde_json::Value =
+        serde_json::from_str(&env.world_ok(&["show", "Parent", "--json"]).stdout).unwrap();
+    assert_eq!(
+        parent["state"], "running",
+        "the parent is thawed after the merge"
+    );
+    let ps = env.world_ok(&["ps", "Parent"]);
+    assert!(ps.stdout.contains("sleep 300"), "{}", ps.stdout);
+    assert_eq!(env.world_ok(&["diff", "Child"]).stdout, "");
+
+    // A parent frozen before the merge stays frozen.
+    env.world_ok(&["exec", "Child", "sh", "-c", "echo v3 > /srv/www/index.html"]);
+    env.world_ok(&["freeze", "Parent"]);
+    env.world_ok(&["merge", "Child"]);
+    let parent: serde_json::Value =
+        serde_json::from_str(&env.world_ok(&["show", "Parent", "--json"]).stdout).unwrap();
+    assert_eq!(parent["state"], "frozen");
+    env.world_ok(&["thaw", "Parent"]);
+    let page = env.world_ok(&["exec", "Parent", "cat", "/srv/www/index.html"]);
+    assert_eq!(page.stdout, "v3\n");
+    env.world_ok(&["stop", "Parent"]);
+    env.world_ok(&["stop", "Child"]);
+}

@@ -56,6 +56,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX merges_parent ON merges(parent, state);
     ALTER TABLE worlds ADD COLUMN since_world INTEGER;
     ALTER TABLE worlds ADD COLUMN since_parent INTEGER;",
+    // Version 4: how each world runs, and which worlds are running. A row
+    // of `running` is written by the world's monitor process, and the
+    // monitor's boot id, pid and start time tell whether it is still alive.
+    "CREATE TABLE world_config (
+        world_id INTEGER PRIMARY KEY REFERENCES worlds(id),
+        config TEXT NOT NULL
+    );
+    CREATE TABLE running (
+        world_id INTEGER PRIMARY KEY REFERENCES worlds(id),
+        boot_id TEXT NOT NULL,
+        monitor_pid INTEGER NOT NULL,
+        monitor_start INTEGER NOT NULL,
+        init_pid INTEGER NOT NULL,
+        started_ms INTEGER NOT NULL,
+        config TEXT NOT NULL
+    );",
 ];
 
 /// How long a writer waits for another writer before failing.
@@ -139,6 +155,23 @@ pub struct Operation {
     pub world: Option<String>,
     /// The operation's arguments, as given to it.
     pub args: serde_json::Value,
+}
+
+/// A running world as the database records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningRecord {
+    pub world_id: i64,
+    /// `/proc/sys/kernel/random/boot_id` when the monitor started.
+    pub boot_id: String,
+    pub monitor_pid: i32,
+    /// The monitor's start time in clock ticks after boot (field 22 of
+    /// `/proc/PID/stat`), which tells it from a later process with its pid.
+    pub monitor_start: u64,
+    /// The world's init process, as the host sees it.
+    pub init_pid: i32,
+    pub started: Timestamp,
+    /// How the world runs, as JSON: network, address, limits.
+    pub config: serde_json::Value,
 }
 
 /// An open metadata database.
@@ -251,6 +284,43 @@ impl Db {
             })
         })
         .collect()
+    }
+
+    /// Returns the running record of world `world_id`, if it has one.
+    pub fn running(&self, world_id: i64) -> Result<Option<RunningRecord>> {
+        let row = self
+            .connection
+            .query_row(
+                "SELECT world_id, boot_id, monitor_pid, monitor_start, init_pid, started_ms, config
+                 FROM running WHERE world_id = ?1",
+                [world_id],
+                read_running,
+            )
+            .optional()?;
+        row.map(RawRunning::into_record).transpose()
+    }
+
+    /// Returns every running record.
+    pub fn all_running(&self) -> Result<Vec<RunningRecord>> {
+        let mut statement = self.connection.prepare(
+            "SELECT world_id, boot_id, monitor_pid, monitor_start, init_pid, started_ms, config
+             FROM running ORDER BY world_id",
+        )?;
+        let rows = statement.query_map([], read_running)?;
+        rows.map(|row| row?.into_record()).collect()
+    }
+
+    /// Returns the stored run configuration of world `world_id` as JSON.
+    pub fn world_config(&self, world_id: i64) -> Result<Option<serde_json::Value>> {
+        let text: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT config FROM world_config WHERE world_id = ?1",
+                [world_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(text.map(|text| serde_json::from_str(&text)).transpose()?)
     }
 
     /// Starts a write transaction; it takes SQLite's write lock at once.
@@ -441,8 +511,13 @@ impl Writer<'_> {
         Ok(self.transaction.last_insert_rowid())
     }
 
-    /// Removes the record of world `id`; its children must be gone first.
+    /// Removes the record of world `id` with its run configuration and
+    /// running record; its children must be gone first.
     pub fn delete_world(&self, id: i64) -> Result<()> {
+        self.transaction
+            .execute("DELETE FROM world_config WHERE world_id = ?1", [id])?;
+        self.transaction
+            .execute("DELETE FROM running WHERE world_id = ?1", [id])?;
         self.transaction
             .execute("DELETE FROM worlds WHERE id = ?1", [id])?;
         Ok(())
@@ -515,6 +590,44 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Records that world `record.world_id` runs, replacing an older record.
+    pub fn insert_running(&self, record: &RunningRecord) -> Result<()> {
+        self.transaction.execute(
+            "INSERT OR REPLACE INTO running
+             (world_id, boot_id, monitor_pid, monitor_start, init_pid, started_ms, config)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                record.world_id,
+                record.boot_id,
+                record.monitor_pid,
+                record.monitor_start as i64,
+                record.init_pid,
+                record.started.as_millisecond(),
+                record.config.to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes the running record of world `world_id` if monitor
+    /// `monitor_pid` wrote it, and returns whether it did.
+    pub fn delete_running(&self, world_id: i64, monitor_pid: i32) -> Result<bool> {
+        let deleted = self.transaction.execute(
+            "DELETE FROM running WHERE world_id = ?1 AND monitor_pid = ?2",
+            params![world_id, monitor_pid],
+        )?;
+        Ok(deleted > 0)
+    }
+
+    /// Stores the run configuration of world `world_id`.
+    pub fn set_world_config(&self, world_id: i64, config: &serde_json::Value) -> Result<()> {
+        self.transaction.execute(
+            "INSERT OR REPLACE INTO world_config (world_id, config) VALUES (?1, ?2)",
+            params![world_id, config.to_string()],
+        )?;
+        Ok(())
+    }
+
     /// Makes the changes permanent.
     pub fn commit(self) -> Result<()> {
         self.transaction.commit()?;
@@ -570,6 +683,43 @@ fn read_world(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawWorld> {
         source: row.get(5)?,
         since_world: row.get(6)?,
         since_parent: row.get(7)?,
+    })
+}
+
+/// A row of `running` before its JSON is decoded.
+struct RawRunning {
+    world_id: i64,
+    boot_id: String,
+    monitor_pid: i32,
+    monitor_start: i64,
+    init_pid: i32,
+    started_ms: i64,
+    config: String,
+}
+
+impl RawRunning {
+    fn into_record(self) -> Result<RunningRecord> {
+        Ok(RunningRecord {
+            world_id: self.world_id,
+            boot_id: self.boot_id,
+            monitor_pid: self.monitor_pid,
+            monitor_start: self.monitor_start as u64,
+            init_pid: self.init_pid,
+            started: timestamp(self.started_ms),
+            config: serde_json::from_str(&self.config)?,
+        })
+    }
+}
+
+fn read_running(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRunning> {
+    Ok(RawRunning {
+        world_id: row.get(0)?,
+        boot_id: row.get(1)?,
+        monitor_pid: row.get(2)?,
+        monitor_start: row.get(3)?,
+        init_pid: row.get(4)?,
+        started_ms: row.get(5)?,
+        config: row.get(6)?,
     })
 }
 

@@ -12,6 +12,7 @@ pub mod name;
 pub mod path;
 pub mod pool;
 pub mod rootfs;
+pub mod runtime;
 pub mod size;
 pub mod store;
 pub mod sys;

@@ -143,8 +143,12 @@ const BUSYBOX_DIRS: &[(&str, u32)] = &[
     ("dev", 0o755),
 ];
 
-/// Small files of the busybox root: accounts and a shell profile.
+/// Small files of the busybox root: accounts, a shell profile, and the
+/// name and resolver files that a running world gets mounted over its own.
 const BUSYBOX_FILES: &[(&str, &str)] = &[
+    ("etc/hostname", "localhost\n"),
+    ("etc/hosts", "127.0.0.1\tlocalhost\n"),
+    ("etc/resolv.conf", ""),
     (
         "etc/passwd",
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",

@@ -17,6 +17,11 @@
 //!     premerge/ID.parent  read-only snapshot of a parent before merge ID,
 //!                    kept for undo
 //!     premerge/ID.base    the child's base before merge ID
+//!   run/             runtime files of running worlds (see `runtime`)
+//!     NAME/          bundle/config.json, hostname, hosts, resolv.conf,
+//!                    plan.json; removed when the world stops
+//!     containers/ID  libcontainer's state of each running world
+//!   logs/NAME.log    the log of world NAME's monitor
 //! ```
 //!
 //! The table `meta` of `worlds.db` stores `layout` = [`LAYOUT_VERSION`]; a
@@ -68,6 +73,7 @@ const LOCK_NAME: &str = "lock";
 const WORLDS_DIR: &str = "worlds";
 const BASES_DIR: &str = "bases";
 const TMP_DIR: &str = "tmp";
+const LOGS_DIR: &str = "logs";
 /// Prefix of a root world being filled in `tmp/`: `import.PID.NAME`.
 const IMPORT_PREFIX: &str = "import.";
 /// Prefix of a read-only snapshot that a diff reads: `diff.PID.NAME`.
@@ -160,6 +166,27 @@ pub enum StoreError {
         child: WorldName,
         source: io::Error,
     },
+    #[error("clean up after worlds whose monitor is gone")]
+    Reconcile {
+        source: Box<crate::runtime::RuntimeError>,
+    },
+    #[error("world `{name}` is running")]
+    WorldRunning { name: WorldName },
+    #[error("read the run state of world `{name}`")]
+    RunState {
+        name: WorldName,
+        source: Box<crate::runtime::RuntimeError>,
+    },
+    #[error("freeze or thaw world `{name}`")]
+    Freeze {
+        name: WorldName,
+        source: Box<crate::runtime::RuntimeError>,
+    },
+    #[error("stop world `{name}`")]
+    Stop {
+        name: WorldName,
+        source: Box<crate::runtime::RuntimeError>,
+    },
 }
 
 fn describe_parent(parent: Option<&WorldName>) -> String {
@@ -204,6 +231,9 @@ pub enum Cleanup {
         child: WorldName,
         parent: WorldName,
     },
+    /// A world was recorded as running, but its monitor was gone after a
+    /// crash or a reboot; its processes and runtime files were removed.
+    StaleRun { world: WorldName },
 }
 
 /// Everything known about one world, for `world show`.
@@ -294,6 +324,9 @@ pub struct DeleteOptions {
     pub recursive: bool,
     /// Refuse unless the world is a child of this one.
     pub expected_parent: Option<WorldName>,
+    /// Stop running worlds first instead of refusing, giving their
+    /// processes this grace period.
+    pub force: Option<std::time::Duration>,
 }
 
 /// Points where a test can make a command crash, to check recovery.
@@ -436,6 +469,14 @@ impl Store {
                 source: errno.into(),
             }),
         }
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub(crate) fn db_mut(&mut self) -> &mut Db {
+        &mut self.db
     }
 
     #[doc(hidden)]
@@ -749,6 +790,28 @@ impl Store {
                 children,
             });
         }
+        let running: Vec<&WorldName> = doomed
+            .iter()
+            .filter(|doomed_name| {
+                let id = all.iter().find(|w| &w.name == *doomed_name).map(|w| w.id);
+                id.is_some_and(|id| matches!(self.db.running(id), Ok(Some(_))))
+            })
+            .collect();
+        if let Some(first) = running.first() {
+            let Some(grace) = options.force else {
+                return Err(StoreError::WorldRunning {
+                    name: (*first).clone(),
+                });
+            };
+            let running: Vec<WorldName> = running.into_iter().cloned().collect();
+            for running_name in &running {
+                self.stop_locked(running_name, grace)
+                    .map_err(|source| StoreError::Stop {
+                        name: running_name.clone(),
+                        source: Box::new(source),
+                    })?;
+            }
+        }
 
         // Records go first, with intents for the subvolumes: once they are
         // committed the worlds are gone for every reader, and subvolumes that
@@ -779,6 +842,12 @@ impl Store {
                     remove_subvolume(&path)?;
                 }
             }
+            let log = self.dir.join(LOGS_DIR).join(format!("{doomed_name}.log"));
+            if let Err(error) = fs::remove_file(&log) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %log.display(), error = %error, "remove the log of a deleted world");
+                }
+            }
             tracing::info!(world = %doomed_name, "world deleted");
         }
         let intents: Vec<&str> = intents.iter().map(String::as_str).collect();
@@ -798,7 +867,14 @@ impl Store {
     /// The caller must hold the store lock: without it, a subvolume that
     /// another command is about to record would look orphaned.
     pub fn reconcile(&mut self) -> Result<Vec<Cleanup>> {
-        // Merges first: they own snapshots in `tmp/` that look orphaned.
+        // Worlds whose monitor is gone first, then interrupted merges,
+        // which own snapshots in `tmp/` that look orphaned.
+        let stale = self.reconcile_running().map_err(|error| match error {
+            crate::runtime::RuntimeError::Store(error) => error,
+            other => StoreError::Reconcile {
+                source: Box::new(other),
+            },
+        })?;
         let recovered = self.recover_merges()?;
         let mut cleanups = Vec::new();
         let mut removed = Vec::new();
@@ -871,7 +947,8 @@ impl Store {
             )?;
             writer.commit()?;
         }
-        let mut all = recovered;
+        let mut all = stale;
+        all.extend(recovered);
         all.extend(removed.into_iter().map(|path| Cleanup::Removed { path }));
         all.extend(cleanups);
         Ok(all)
@@ -912,9 +989,15 @@ impl Store {
     /// Returns whether the subject world of a diff may change while it is
     /// read.
     fn is_running(&self, child: &WorldName, subject: DiffSubject) -> Result<bool> {
-        let _ = (child, subject);
-        // NOTE: worlds cannot run processes yet, so every world is stopped.
-        Ok(false)
+        let name = match subject {
+            DiffSubject::World => child.clone(),
+            DiffSubject::Parent => self.world(child)?.parent.unwrap_or_else(|| child.clone()),
+        };
+        let state = self.status(&name).map_err(|error| StoreError::RunState {
+            name: name.clone(),
+            source: Box::new(error),
+        })?;
+        Ok(state.state != crate::runtime::RunState::Stopped)
     }
 
     fn open_diff_view(

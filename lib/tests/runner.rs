@@ -6,4 +6,5 @@ mod test_apply;
 mod test_diff;
 mod test_init;
 mod test_merge;
+mod test_runtime;
 mod test_store;

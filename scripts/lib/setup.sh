@@ -52,8 +52,10 @@ require_rust() {
 }
 
 # Packages that running worlds needs.
-readonly WORLDS_RUNTIME_PACKAGES=(btrfs-progs busybox-static debootstrap tar gzip xz-utils zstd bzip2)
-# Packages that building worlds needs.
-readonly WORLDS_BUILD_PACKAGES=(gcc pkg-config)
-# Packages that the tests use to make and inspect files.
-readonly WORLDS_TEST_PACKAGES=(acl attr libcap2-bin util-linux python3 findutils)
+# iproute2 and util-linux's nsenter set up the network of veth worlds.
+readonly WORLDS_RUNTIME_PACKAGES=(btrfs-progs busybox-static debootstrap tar gzip xz-utils zstd bzip2 iproute2 util-linux)
+# Packages that building worlds needs; libcontainer links libseccomp.
+readonly WORLDS_BUILD_PACKAGES=(gcc pkg-config libseccomp-dev)
+# Packages that the tests use to make and inspect files and drive a
+# terminal.
+readonly WORLDS_TEST_PACKAGES=(acl attr libcap2-bin util-linux python3 findutils tmux)

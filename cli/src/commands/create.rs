@@ -1,8 +1,10 @@
 use std::time::Instant;
 
+use worlds::runtime::RunConfig;
 use worlds::store::StoreError;
 use worlds::WorldName;
 
+use super::run_args::RunArgs;
 use super::Context;
 use crate::ui;
 
@@ -10,7 +12,8 @@ use crate::ui;
 ///
 /// CHILD also gets a base: a read-only snapshot of PARENT taken at the same
 /// instant, which diff and merge compare against. It takes milliseconds,
-/// whatever the size of PARENT.
+/// whatever the size of PARENT. CHILD keeps PARENT's network and limits,
+/// unless options here replace them, for every start.
 ///
 /// With `--with SIBLING` (repeatable), CHILD also holds the changes of those
 /// children of PARENT, merged in order, to test them together. Given two or
@@ -33,6 +36,8 @@ pub struct Args {
     /// merging each.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
@@ -55,6 +60,10 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
 
     if siblings.is_empty() {
         store.create_child(&args.child, &parent)?;
+        let config = args.run.apply_to(store.run_config(&parent)?);
+        if config != RunConfig::default() {
+            store.configure(&args.child, &config)?;
+        }
         let elapsed = started.elapsed();
         if args.json {
             ui::print_json(&store.details(&args.child)?)?;
@@ -71,6 +80,12 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     }
 
     let outcome = store.create_combined(&args.child, &parent, &siblings)?;
+    if outcome.created {
+        let config = args.run.apply_to(store.run_config(&parent)?);
+        if config != RunConfig::default() {
+            store.configure(&args.child, &config)?;
+        }
+    }
     if args.json {
         ui::print_json(&outcome)?;
     }

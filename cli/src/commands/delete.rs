@@ -6,8 +6,9 @@ use crate::ui;
 
 /// Deletes a world with its base and records.
 ///
-/// A world that has children is kept unless `--recursive` is given. With
-/// PARENT, the world is deleted only if it is a child of PARENT.
+/// A world that has children is kept unless `--recursive` is given, and a
+/// running world unless `--force` is given. With PARENT, the world is
+/// deleted only if it is a child of PARENT.
 ///
 /// Alias: `wdelete CHILD PARENT`.
 #[derive(Debug, clap::Args)]
@@ -19,6 +20,10 @@ pub struct Args {
     /// Delete the world's children, and theirs, too.
     #[arg(short, long)]
     recursive: bool,
+    /// Stop the world, and with --recursive its running descendants, before
+    /// deleting them.
+    #[arg(short, long)]
+    force: bool,
     /// Print the names of the deleted worlds as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -29,6 +34,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     let options = DeleteOptions {
         recursive: args.recursive,
         expected_parent: args.parent,
+        force: args.force.then_some(worlds::runtime::DEFAULT_GRACE),
     };
     let deleted = store.delete(&args.name, &options)?;
 

@@ -15,20 +15,16 @@ pub struct Args {
 struct Row {
     #[serde(flatten)]
     record: worlds::db::WorldRecord,
-    state: &'static str,
+    state: worlds::runtime::RunState,
 }
 
 pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     let store = context.open_store()?;
-    // NOTE: every world is stopped until worlds can run processes.
-    let rows: Vec<Row> = store
-        .worlds()?
-        .into_iter()
-        .map(|record| Row {
-            record,
-            state: "stopped",
-        })
-        .collect();
+    let mut rows = Vec::new();
+    for record in store.worlds()? {
+        let state = store.status(&record.name)?.state;
+        rows.push(Row { record, state });
+    }
 
     if args.json {
         ui::print_json(&rows)?;
@@ -42,7 +38,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
                 .parent
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), ToString::to_string),
-            row.state.to_owned(),
+            row.state.to_string(),
             ui::format_time(row.record.created),
         ]);
     }

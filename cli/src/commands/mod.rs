@@ -2,24 +2,37 @@
 //! function that runs it.
 
 mod completions;
+mod console;
 mod create;
 mod delete;
 mod diff;
+pub mod exec;
+mod freeze;
 mod init;
 mod install_aliases;
 mod list;
 mod log;
 mod man;
 mod merge;
+mod monitor;
+mod ps;
 mod recover;
+mod restart;
+mod run_args;
 mod show;
+mod start;
+mod stop;
 mod store;
+mod thaw;
 mod tree;
 mod undo;
 
 use std::path::PathBuf;
 
+use std::ffi::OsString;
+
 use clap::{Parser, Subcommand};
+use worlds::runtime::MonitorCommand;
 use worlds::store::Cleanup;
 use worlds::Store;
 
@@ -64,6 +77,14 @@ pub enum Command {
     Diff(diff::Args),
     Merge(merge::Args),
     Undo(undo::Args),
+    Start(start::Args),
+    Stop(stop::Args),
+    Restart(restart::Args),
+    Exec(exec::Args),
+    Console(console::Args),
+    Ps(ps::Args),
+    Freeze(freeze::Args),
+    Thaw(thaw::Args),
     Log(log::Args),
     Recover(recover::Args),
     #[command(subcommand)]
@@ -71,7 +92,20 @@ pub enum Command {
     InstallAliases(install_aliases::Args),
     Completions(completions::Args),
     Man(man::Args),
+    /// Runs the monitor of a running world; `world start` launches it.
+    #[command(name = "__monitor", hide = true)]
+    Monitor(monitor::Args),
 }
+
+impl Command {
+    /// Returns whether this is the monitor, which logs to its log file.
+    pub fn is_monitor(&self) -> bool {
+        matches!(self, Command::Monitor(_))
+    }
+}
+
+/// PATH of monitors, which run `ip` and `nsenter` from the host.
+const MONITOR_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The settings every command needs besides its own arguments.
 pub struct Context {
@@ -82,6 +116,22 @@ pub struct Context {
 }
 
 impl Context {
+    /// Returns the command that runs a world's monitor: this program's
+    /// hidden `__monitor` subcommand, with this store and log filter.
+    pub fn monitor_command(&self) -> anyhow::Result<MonitorCommand> {
+        let program = std::env::current_exe()?;
+        let store = std::path::absolute(&self.store_dir)?;
+        let mut env = vec![(OsString::from("PATH"), OsString::from(MONITOR_PATH))];
+        if let Some(filter) = std::env::var_os(crate::LOG_VARIABLE) {
+            env.push((crate::LOG_VARIABLE.into(), filter));
+        }
+        Ok(MonitorCommand {
+            program,
+            args: vec!["--store".into(), store.into_os_string(), "__monitor".into()],
+            env,
+        })
+    }
+
     /// Opens the store and reports what it cleaned up after interrupted
     /// commands.
     pub fn open_store(&self) -> anyhow::Result<Store> {
@@ -118,6 +168,9 @@ pub fn report_cleanups(cleanups: &[Cleanup]) {
             Cleanup::MergeRolledBack { merge, child, parent } => ui::warning(format_args!(
                 "merge {merge} of `{child}` into `{parent}` was interrupted; `{parent}` is back at its state before the merge"
             )),
+            Cleanup::StaleRun { world } => ui::warning(format_args!(
+                "world `{world}` was recorded as running, but its monitor was gone (after a crash or a reboot); stopped it and removed what it left"
+            )),
         }
     }
 }
@@ -134,6 +187,15 @@ pub fn run(cli: Cli, context: &Context) -> anyhow::Result<u8> {
         Command::Diff(args) => diff::run(args, context),
         Command::Merge(args) => merge::run(args, context),
         Command::Undo(args) => undo::run(args, context),
+        Command::Start(args) => start::run(args, context),
+        Command::Stop(args) => stop::run(args, context),
+        Command::Restart(args) => restart::run(args, context),
+        Command::Exec(args) => exec::run(args, context),
+        Command::Console(args) => console::run(args, context),
+        Command::Ps(args) => ps::run(args, context),
+        Command::Freeze(args) => freeze::run(args, context),
+        Command::Thaw(args) => thaw::run(args, context),
+        Command::Monitor(args) => monitor::run(args, context),
         Command::Log(args) => log::run(args, context),
         Command::Recover(args) => recover::run(args, context),
         Command::Store(command) => store::run(command, context),

@@ -1,6 +1,6 @@
 use worlds::db::Source;
 use worlds::diff::{ChangeKind, DiffOptions};
-use worlds::store::WorldDetails;
+use worlds::runtime::{Limits, RunConfig, RunStatus};
 use worlds::WorldName;
 
 use super::Context;
@@ -12,19 +12,11 @@ pub struct Args {
     /// The world to show.
     name: WorldName,
     /// Print the world as JSON on stdout: the fields of `world list --json`
-    /// plus `children`, `path`, `subvolume_id`, `base`, `base_subvolume_id`
-    /// and, for a child world, `changes` counted by kind.
+    /// plus `children`, `path`, `subvolume_id`, `base`, `base_subvolume_id`,
+    /// the run state and settings and, for a child world, `changes` counted
+    /// by kind.
     #[arg(long)]
     json: bool,
-}
-
-/// The JSON document of `world show --json`.
-#[derive(serde::Serialize)]
-struct Shown<'a> {
-    #[serde(flatten)]
-    details: &'a WorldDetails,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    changes: Option<Counts>,
 }
 
 /// Changes of a child world since its base, counted by kind.
@@ -40,6 +32,8 @@ struct Counts {
 pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     let store = context.open_store()?;
     let details = store.details(&args.name)?;
+    let status = store.status(&args.name)?;
+    let config = store.run_config(&args.name)?;
     // The fast diff reads only what changed, so counting is cheap.
     let counts = match details.record.parent {
         Some(_) => {
@@ -61,6 +55,8 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     if args.json {
         ui::print_json(&Shown {
             details: &details,
+            status: &status,
+            config: &config,
             changes: counts,
         })?;
         return Ok(ui::EXIT_OK);
@@ -94,8 +90,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
                 children.join(", ")
             },
         ),
-        // NOTE: every world is stopped until worlds can run processes.
-        ("state", "stopped".to_owned()),
+        ("state", describe_state(&status)),
         (
             "created",
             format!(
@@ -124,6 +119,16 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             ),
         ));
     }
+    let run = status.run.as_ref();
+    let network = run.map_or(config.network, |run| run.network);
+    rows.push(("network", network.to_string()));
+    if let Some(address) = run.and_then(|run| run.address) {
+        rows.push(("address", address.to_string()));
+    }
+    let limits = run.map_or(config.limits, |run| run.limits);
+    if limits != Limits::default() {
+        rows.push(("limits", describe_limits(&limits)));
+    }
     if let Some(counts) = &counts {
         let parts: Vec<String> = [
             (counts.added, "added"),
@@ -147,4 +152,43 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         println!("{:<9} {value}", format!("{key}:"));
     }
     Ok(ui::EXIT_OK)
+}
+
+/// The JSON of `world show`: the world's details with `state` (`stopped`,
+/// `running` or `frozen`), the run facts of a running world (`init_pid`,
+/// `monitor_pid`, `started`, `run`), and `config`, the stored run settings.
+#[derive(serde::Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    details: &'a worlds::store::WorldDetails,
+    #[serde(flatten)]
+    status: &'a RunStatus,
+    config: &'a RunConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<Counts>,
+}
+
+fn describe_state(status: &RunStatus) -> String {
+    match (status.init_pid, status.started) {
+        (Some(pid), Some(started)) => format!(
+            "{} since {} (init pid {pid})",
+            status.state,
+            ui::format_time(started)
+        ),
+        _ => status.state.to_string(),
+    }
+}
+
+fn describe_limits(limits: &Limits) -> String {
+    let mut parts = Vec::new();
+    if let Some(memory) = limits.memory {
+        parts.push(format!("memory {}", worlds::size::format(memory)));
+    }
+    if let Some(pids) = limits.pids {
+        parts.push(format!("pids {pids}"));
+    }
+    if let Some(cpus) = limits.cpus {
+        parts.push(format!("cpus {cpus}"));
+    }
+    parts.join(", ")
 }

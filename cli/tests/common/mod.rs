@@ -84,6 +84,16 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        // Running worlds hold the pool busy; a test that failed midway may
+        // have left some.
+        if self.store.join("worlds.db").exists() {
+            let _ = self
+                .command(WORLD)
+                .args(["stop", "--all", "--time", "1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         if worlds::pool::unmount(&self.store).is_err() {
             let _ = nix::mount::umount2(&self.store.join("pool"), nix::mount::MntFlags::MNT_DETACH);
         }

@@ -9,7 +9,8 @@
 //!    snapshot of the parent, `premerge/ID.parent`;
 //! 3. build the child's new base in `tmp/merge.ID.base` (old base plus the
 //!    applied and identical changes);
-//! 4. journal `applying`, then apply the steps to the parent;
+//! 4. journal `applying`, then apply the steps to the parent, with its
+//!    processes frozen if it runs, so they see every change at once;
 //! 5. journal `publishing`, keep a snapshot of the old base as
 //!    `premerge/ID.base` and put the new base in its place;
 //! 6. journal `done` with the operation log entry in one transaction.
@@ -24,8 +25,6 @@
 //!
 //! - NOTE: the child's read set is empty until access tracking exists, so
 //!   no read-write conflict is found yet.
-//! - NOTE: a running parent is not frozen while changes are applied, because
-//!   worlds cannot run processes yet.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -255,12 +254,15 @@ impl Store {
         writer.commit()?;
         let total = plan.steps.len();
         let crash_mid_merge = self.crash_point == Some(super::CrashPoint::MidMerge);
-        apply::apply(&self.world_path(parent), source, &plan.steps, &|done| {
-            if crash_mid_merge && done * 2 >= total {
-                std::process::abort();
-            }
-            progress(MergeProgress { done, total })
-        })
+        let target = self.world_path(parent);
+        self.frozen(parent, |_| {
+            apply::apply(&target, source, &plan.steps, &|done| {
+                if crash_mid_merge && done * 2 >= total {
+                    std::process::abort();
+                }
+                progress(MergeProgress { done, total })
+            })
+        })?
         .map_err(|error| StoreError::Apply {
             world: parent.clone(),
             source: error,
@@ -473,7 +475,7 @@ impl Store {
     /// Makes world `name` equal to the read-only snapshot `earlier` of it,
     /// through the apply engine, and returns the number of steps.
     fn restore(
-        &self,
+        &mut self,
         name: &WorldName,
         earlier: &Path,
         progress: &dyn Fn(MergeProgress),
@@ -501,14 +503,35 @@ impl Store {
         let steps = plan::restore_steps(&changes.map_err(restore_error)?);
 
         let total = steps.len();
-        apply::apply(&self.world_path(name), earlier, &steps, &|done| {
-            progress(MergeProgress { done, total })
-        })
+        let target = self.world_path(name);
+        self.frozen(name, |_| {
+            apply::apply(&target, earlier, &steps, &|done| {
+                progress(MergeProgress { done, total })
+            })
+        })?
         .map_err(|error| StoreError::Apply {
             world: name.clone(),
             source: error,
         })?;
         Ok(total)
+    }
+
+    /// Runs `work` with world `name` frozen if it runs, and thaws it after;
+    /// a world that was frozen or stopped before stays so. The caller holds
+    /// the store lock, which the runtime's own `with_frozen` would take.
+    fn frozen<T>(&mut self, name: &WorldName, work: impl FnOnce(&mut Store) -> T) -> Result<T> {
+        let freeze_error = |error| StoreError::Freeze {
+            name: name.clone(),
+            source: Box::new(error),
+        };
+        let state = self.status(name).map_err(freeze_error)?.state;
+        if state != crate::runtime::RunState::Running {
+            return Ok(work(self));
+        }
+        self.set_frozen(name, true).map_err(freeze_error)?;
+        let result = work(self);
+        self.set_frozen(name, false).map_err(freeze_error)?;
+        Ok(result)
     }
 
     /// Replaces the base of `child` by the new base of merge `id`, keeping

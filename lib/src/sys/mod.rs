@@ -1,6 +1,6 @@
 //! Safe wrappers around the kernel interfaces that `std` and `nix` do not
-//! cover: the btrfs subvolume ioctls, loop devices, xattrs, reflinks and
-//! path resolution beneath a directory.
+//! cover: the btrfs subvolume ioctls, loop devices, xattrs, reflinks,
+//! path resolution beneath a directory and `_exit`.
 //!
 //! Every `unsafe` block of the crate lives below this module, each with a
 //! `SAFETY:` line that names the invariant it relies on.
@@ -9,6 +9,7 @@ pub mod beneath;
 pub mod btrfs;
 pub mod fs;
 pub mod loopdev;
+pub mod process;
 
 use std::ffi::OsStr;
 use std::io;

@@ -50,6 +50,13 @@ impl TestStore {
 
 impl Drop for TestStore {
     fn drop(&mut self) {
+        // Running worlds hold the pool busy; a test that failed midway may
+        // have left some.
+        if let Ok((mut store, _)) = Store::open(&self.dir) {
+            for world in store.worlds().unwrap_or_default() {
+                let _ = store.stop(&world.name, std::time::Duration::from_secs(1));
+            }
+        }
         if worlds::pool::unmount(&self.dir).is_err() {
             // A test that left a file open in the pool: detach lazily so
             // that the loop device goes once the file closes.

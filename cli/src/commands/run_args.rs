@@ -1,0 +1,80 @@
+//! Options of how a world runs, shared by the commands that start worlds
+//! and by `create`, which stores them.
+
+use worlds::runtime::{Limits, NetworkMode, RunConfig, StartOptions, Subnet};
+
+use super::Context;
+
+/// Run settings of a world: network and resource limits.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Network: `host` shares the host's, `none` has only loopback, `veth`
+    /// has its own address from --subnet on a veth pair to the host
+    /// [default: the world's stored setting, else host].
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<NetworkMode>,
+    /// Memory limit, such as `256M` or `2G`.
+    #[arg(long, value_name = "SIZE", value_parser = super::init::parse_size)]
+    pub memory: Option<u64>,
+    /// Maximum number of processes and threads in the world at once.
+    #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids: Option<u64>,
+    /// CPU time as a number of CPUs, such as `0.5` or `2`.
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
+    pub cpus: Option<f64>,
+}
+
+/// Options of the commands that start worlds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The subnet that veth addresses come from.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "WORLDS_SUBNET",
+        default_value = "10.213.0.0/24"
+    )]
+    pub subnet: Subnet,
+}
+
+impl RunArgs {
+    /// Returns the limits that these options set.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            memory: self.memory,
+            pids: self.pids,
+            cpus: self.cpus,
+        }
+    }
+
+    /// Returns `stored` with the options that are set replaced.
+    pub fn apply_to(&self, stored: RunConfig) -> RunConfig {
+        RunConfig {
+            network: self.network.unwrap_or(stored.network),
+            limits: stored.limits.overridden_by(self.limits()),
+        }
+    }
+}
+
+impl StartArgs {
+    /// Returns the start options, with the monitor command of `context`.
+    pub fn options(&self, context: &Context) -> anyhow::Result<StartOptions> {
+        Ok(StartOptions {
+            network: self.run.network,
+            limits: self.run.limits(),
+            subnet: self.subnet,
+            monitor: context.monitor_command()?,
+        })
+    }
+}
+
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(cpus) if cpus > 0.0 && cpus.is_finite() => Ok(cpus),
+        _ => Err(format!(
+            "`{text}` is not a positive number of CPUs such as 0.5 or 2"
+        )),
+    }
+}

@@ -1,0 +1,201 @@
+//! The monitor of a running world: a process of its own that creates the
+//! world's container, owns its init, and cleans up when init exits.
+//!
+//! [`Store::start`](crate::Store::start) launches the monitor with a pipe on
+//! its standard output and the world's log on its standard error. The
+//! monitor writes one ready line to the pipe once the world runs and its
+//! running record is written, or exits with an error, which the log shows.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use jiff::Timestamp;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::init::InitExecutor;
+use super::{network, proc, teardown, NetworkMode, Result, RunInfo, RuntimeError, READY_LINE};
+use crate::db::{DbError, RunningRecord};
+use crate::name::WorldName;
+use crate::store::Store;
+
+/// Runs the monitor of world `name` in the store at `store_dir` until the
+/// world stops.
+///
+/// Call it in a process of its own, started by [`Store::start`] through a
+/// [`super::MonitorCommand`], with nothing else running in that process:
+/// the world's init is forked from it.
+pub fn run(store_dir: &Path, name: &WorldName) -> Result<()> {
+    // Leave the starting command's session, so that its terminal's hangup
+    // does not reach the monitor.
+    let _ = nix::unistd::setsid();
+    // The ready pipe moves off standard output, which then goes to the log
+    // like standard error, so that the world's init inherits no pipe.
+    let ready = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from)
+        .ok();
+    let _ = nix::unistd::dup2(std::io::stderr().as_raw_fd(), std::io::stdout().as_raw_fd());
+
+    let (mut store, _) = Store::open(store_dir)?;
+    let world = store.world(name)?;
+    let paths = store.run_paths(name)?;
+    let prepare_error = |source| RuntimeError::Prepare {
+        name: name.clone(),
+        path: paths.plan.clone(),
+        source,
+    };
+    let plan = fs::read(&paths.plan).map_err(prepare_error)?;
+    let info: RunInfo = serde_json::from_slice(&plan).map_err(DbError::from)?;
+    tracing::info!(world = %name, pid = std::process::id(), network = %info.network, "monitor started");
+
+    let init_pid = match create_and_start(name, &paths, &info) {
+        Ok(pid) => pid,
+        Err(error) => {
+            teardown(name, &paths, Some(&info));
+            return Err(error);
+        }
+    };
+
+    let monitor_pid = std::process::id() as i32;
+    let record = RunningRecord {
+        world_id: world.id,
+        boot_id: super::boot_id(),
+        monitor_pid,
+        monitor_start: proc::start_time(monitor_pid).unwrap_or(0),
+        init_pid,
+        started: Timestamp::now(),
+        config: serde_json::to_value(&info).map_err(DbError::from)?,
+    };
+    let recorded = store.db_mut().transaction().and_then(|writer| {
+        writer.insert_running(&record)?;
+        writer.commit()
+    });
+    if let Err(error) = recorded {
+        let _ = signal::kill(Pid::from_raw(init_pid), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(init_pid), None);
+        teardown(name, &paths, Some(&info));
+        return Err(error.into());
+    }
+    if let Some(mut ready) = ready {
+        let _ = writeln!(ready, "{READY_LINE}");
+    }
+    tracing::info!(world = %name, init_pid, "world running");
+
+    let status = wait_for_init(init_pid);
+    tracing::info!(world = %name, status = %status, "init exited");
+
+    teardown(name, &paths, Some(&info));
+    let removed = store.db_mut().transaction().and_then(|writer| {
+        writer.delete_running(world.id, monitor_pid)?;
+        writer.commit()
+    });
+    if let Err(error) = removed {
+        tracing::warn!(world = %name, error = %error, "remove the running record; the next command cleans it up");
+    }
+    tracing::info!(world = %name, "world stopped");
+    Ok(())
+}
+
+/// Creates the container, sets up its network while init waits, starts
+/// init, and returns init's host pid.
+fn create_and_start(name: &WorldName, paths: &super::RunPaths, info: &RunInfo) -> Result<i32> {
+    let create_error = |source| RuntimeError::Create {
+        name: name.clone(),
+        source: Box::new(source),
+    };
+    let mut container = ContainerBuilder::new(paths.container_id.clone(), SyscallType::Linux)
+        .with_root_path(&paths.containers)
+        .map_err(create_error)?
+        .with_executor(InitExecutor)
+        .as_init(&paths.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(create_error)?;
+    let Some(pid) = container.pid() else {
+        return Err(create_error(libcontainer::error::LibcontainerError::Other(
+            "the container has no init pid".into(),
+        )));
+    };
+    let pid = pid.as_raw();
+
+    let network_error = |source| RuntimeError::Network {
+        name: name.clone(),
+        source,
+    };
+    match info.network {
+        NetworkMode::Host => {}
+        NetworkMode::None => network::setup_loopback(pid).map_err(network_error)?,
+        NetworkMode::Veth => {
+            let (Some(interface), Some(address), Some(gateway)) =
+                (&info.host_interface, info.address, info.gateway)
+            else {
+                unreachable!("plan_run sets every veth field");
+            };
+            network::setup_veth(pid, interface, address, gateway).map_err(network_error)?;
+        }
+    }
+
+    container
+        .start()
+        .map_err(|source| RuntimeError::StartInit {
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
+    Ok(pid)
+}
+
+/// Waits for init to exit, passing SIGTERM, SIGINT and SIGHUP sent to the
+/// monitor on to it as SIGTERM, and returns how it exited.
+fn wait_for_init(init_pid: i32) -> String {
+    let init = Pid::from_raw(init_pid);
+    let mut signals = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        signals.add(signal);
+    }
+    let signal_fd =
+        signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).and_then(|()| {
+            SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        });
+    loop {
+        // Init may have exited before SIGCHLD was blocked.
+        match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return format!("exit {code}"),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return format!("signal {signal}"),
+            Err(Errno::ECHILD) => return "gone".into(),
+            _ => {}
+        }
+        match &signal_fd {
+            Ok(signal_fd) => {
+                let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, PollTimeout::NONE);
+                while let Ok(Some(info)) = signal_fd.read_signal() {
+                    if info.ssi_signo != Signal::SIGCHLD as u32 {
+                        tracing::info!(
+                            signal = info.ssi_signo,
+                            "monitor got a stop signal; stopping the world"
+                        );
+                        let _ = signal::kill(init, Signal::SIGTERM);
+                    }
+                }
+            }
+            // Without a signalfd, poll for init's exit.
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
