@@ -421,3 +421,30 @@ fn combine_conflicting_siblings() {
         "{stranger}"
     );
 }
+
+#[test]
+fn keep_limits_undo_depth() {
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    let keep_one = MergeOptions {
+        keep: Some(1),
+        ..MergeOptions::default()
+    };
+    for round in 0..3 {
+        shell(&store, "child", &format!("printf {round} > etc/round"));
+        assert!(merge(&mut store, &keep_one).applied);
+    }
+    let premerge: Vec<_> = fs::read_dir(fixture.dir.join("pool/premerge"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        premerge.len(),
+        2,
+        "one merge keeps its parent and base snapshots"
+    );
+    store.undo(&name("parent"), &|_| {}).unwrap();
+    let round = fs::read_to_string(store.world_path(&name("parent")).join("etc/round")).unwrap();
+    assert_eq!(round, "1");
+    let error = store.undo(&name("parent"), &|_| {}).unwrap_err();
+    assert!(matches!(error, StoreError::NothingToUndo { .. }), "{error}");
+}

@@ -44,6 +44,10 @@ pub struct Args {
     /// Merge only the changes at or below PATH (repeatable).
     #[arg(long, value_name = "PATH")]
     only: Vec<OsString>,
+    /// Keep pre-merge snapshots, which `world undo` needs, for the newest
+    /// COUNT merges into the parent; older ones are deleted.
+    #[arg(long, value_name = "COUNT", default_value_t = worlds::store::KEEP_PREMERGE)]
+    keep_undo: usize,
     /// Print the outcome as JSON on stdout: `child`, `parent`, `merge_id`,
     /// `applied`, `steps`, `conflicts`, `identical`, `kept_parent` and
     /// `revert_steps`, with paths and changes as `world diff --json` writes them.
@@ -73,11 +77,12 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             only: args
                 .only
                 .iter()
-                .map(|p| WorldPath::from_bytes(p.as_bytes()))
-                .collect(),
+                .map(|p| WorldPath::parse(p.as_bytes()))
+                .collect::<Result<_, _>>()?,
         },
         dry_run: args.dry_run,
         expected_parent: args.expected_parent,
+        keep: Some(args.keep_undo),
     };
 
     let started = Instant::now();

@@ -7,8 +7,9 @@ use crate::ui;
 ///
 /// The parent returns to its pre-merge snapshot through the same engine
 /// that merges, and the merged child gets its old base back, so its diff
-/// shows its changes again. Pre-merge snapshots are kept for the last five
-/// merges into each parent.
+/// shows its changes again. Pre-merge snapshots are kept for the newest
+/// five merges into each parent, or as many as `world merge --keep-undo`
+/// sets.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The world whose last merge to take back.

@@ -44,7 +44,8 @@ use crate::sys::btrfs;
 
 /// Directory of the pool that keeps pre-merge snapshots for undo.
 pub(super) const PREMERGE_DIR: &str = "premerge";
-/// How many merges into one parent keep their pre-merge snapshots.
+/// How many merges into one parent keep their pre-merge snapshots, unless
+/// [`MergeOptions::keep`] says otherwise.
 pub const KEEP_PREMERGE: usize = 5;
 
 /// Options of [`Store::merge`].
@@ -55,6 +56,9 @@ pub struct MergeOptions {
     pub dry_run: bool,
     /// Refuse unless the child's parent is this world.
     pub expected_parent: Option<WorldName>,
+    /// How many of the newest merges into the parent keep their pre-merge
+    /// snapshots for undo; [`KEEP_PREMERGE`] when `None`.
+    pub keep: Option<usize>,
 }
 
 /// The outcome of [`Store::merge`].
@@ -169,11 +173,13 @@ impl Store {
             return Ok(outcome);
         }
 
+        let keep = options.keep.unwrap_or(KEEP_PREMERGE);
         let applied = self.apply_merge(
             child,
             &parent,
             &outcome.plan,
             child_view.world_root(),
+            keep,
             progress,
         );
         let id = match applied {
@@ -198,6 +204,7 @@ impl Store {
         parent: &WorldName,
         plan: &Plan,
         source: &Path,
+        keep: usize,
         progress: &dyn Fn(MergeProgress),
     ) -> Result<i64> {
         let merge_error = |source| StoreError::Merge {
@@ -299,7 +306,7 @@ impl Store {
             }),
         )?;
         writer.commit()?;
-        self.prune_premerge(parent)?;
+        self.prune_premerge(parent, keep)?;
         Ok(id)
     }
 
@@ -662,9 +669,9 @@ impl Store {
 
     /// Deletes the pre-merge snapshots of `parent` beyond the newest
     /// [`KEEP_PREMERGE`] merges.
-    fn prune_premerge(&self, parent: &WorldName) -> Result<()> {
+    fn prune_premerge(&self, parent: &WorldName, keep: usize) -> Result<()> {
         let done = self.db.merges(&[MergeState::Done], Some(parent.as_str()))?;
-        let old = done.len().saturating_sub(KEEP_PREMERGE);
+        let old = done.len().saturating_sub(keep);
         for merge in &done[..old] {
             for side in ["parent", "base"] {
                 let path = self.premerge_path(merge.id, side);
