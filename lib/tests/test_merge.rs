@@ -448,3 +448,72 @@ fn keep_limits_undo_depth() {
     let error = store.undo(&name("parent"), &|_| {}).unwrap_err();
     assert!(matches!(error, StoreError::NothingToUndo { .. }), "{error}");
 }
+
+#[test]
+fn text_merge_combines_separate_edits() {
+    let fixture = TestStore::new();
+    let mut store = fixture.open();
+    store
+        .create_root(&name("parent"), &busybox(), &|_| {})
+        .unwrap();
+    shell(
+        &store,
+        "parent",
+        "printf 'one\\ntwo\\nthree\\nfour\\nfive\\n' > etc/list && printf '\\0\\1\\2' > etc/blob",
+    );
+    store.create_child(&name("child"), &name("parent")).unwrap();
+    shell(
+        &store,
+        "child",
+        "sed -i 's/one/ONE/' etc/list && printf '\\3' >> etc/blob",
+    );
+    shell(&store, "parent", "sed -i 's/five/FIVE/' etc/list");
+    let text = MergeOptions {
+        plan: PlanOptions {
+            text_merge: true,
+            ..PlanOptions::default()
+        },
+        ..MergeOptions::default()
+    };
+
+    let outcome = merge(&mut store, &text);
+    assert!(outcome.applied, "{outcome:?}");
+    let list = fs::read_to_string(store.world_path(&name("parent")).join("etc/list")).unwrap();
+    assert_eq!(list, "ONE\ntwo\nthree\nfour\nFIVE\n");
+    // The parent's own hunk is still a parent change for the child.
+    let parent_side: Vec<String> = store
+        .diff_parent(&name("child"), &DiffOptions::default())
+        .unwrap()
+        .iter()
+        .map(|change| change.path.to_string())
+        .collect();
+    assert_eq!(parent_side, ["/etc/list"]);
+    assert_eq!(diff_lines(&store, "child"), Vec::<String>::new());
+
+    // Overlapping edits and binary files stay conflicts.
+    shell(
+        &store,
+        "child",
+        "sed -i 's/two/child/' etc/list && printf '\\4' >> etc/blob",
+    );
+    shell(
+        &store,
+        "parent",
+        "sed -i 's/two/parent/' etc/list && printf '\\5' >> etc/blob",
+    );
+    let before = listing(&store, "parent");
+    let outcome = merge(&mut store, &text);
+    assert!(!outcome.applied);
+    let conflicts: Vec<String> = outcome
+        .plan
+        .conflicts
+        .iter()
+        .map(|c| c.path.to_string())
+        .collect();
+    assert_eq!(conflicts, ["/etc/blob", "/etc/list"]);
+    assert_same_tree(&listing(&store, "parent"), &before);
+    assert_eq!(
+        fs::read_dir(fixture.dir.join("pool/tmp")).unwrap().count(),
+        0
+    );
+}

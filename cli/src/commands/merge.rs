@@ -37,6 +37,11 @@ pub struct Args {
     /// Settle write-write conflicts with this side's version.
     #[arg(long, value_enum, value_name = "SIDE")]
     prefer: Option<Prefer>,
+    /// Merge text files that both sides modified line by line (diff3), and
+    /// report a write-write conflict only where their changes overlap;
+    /// conflict markers are never written.
+    #[arg(long)]
+    text_merge: bool,
     /// Ignore read-write conflicts on paths matching PATTERN: a path and
     /// everything below it, or a glob with `*`, `**` and `?` (repeatable).
     #[arg(long, value_name = "PATTERN")]
@@ -49,7 +54,7 @@ pub struct Args {
     #[arg(long, value_name = "COUNT", default_value_t = worlds::store::KEEP_PREMERGE)]
     keep_undo: usize,
     /// Print the outcome as JSON on stdout: `child`, `parent`, `merge_id`,
-    /// `applied`, `steps`, `conflicts`, `identical`, `kept_parent` and
+    /// `applied`, `steps`, `conflicts`, `identical`, `kept_parent`, `text_merge` and
     /// `revert_steps`, with paths and changes as `world diff --json` writes them.
     #[arg(long)]
     json: bool,
@@ -65,6 +70,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     let mut store = context.open_store()?;
     let options = MergeOptions {
         plan: PlanOptions {
+            text_merge: args.text_merge,
             prefer: args.prefer.map(|side| match side {
                 Prefer::Child => Side::Child,
                 Prefer::Parent => Side::Parent,
@@ -110,6 +116,9 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             }
             for path in &outcome.plan.kept_parent {
                 println!("keep-parent {}", quote(&path.to_absolute_bytes()));
+            }
+            for path in &outcome.plan.text_merge {
+                println!("text-merged {}", quote(&path.to_absolute_bytes()));
             }
         }
     }

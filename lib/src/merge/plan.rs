@@ -87,6 +87,9 @@ pub struct PlanOptions {
     pub ignore_reads: Vec<Pattern>,
     /// Merge only the changes at or below these paths; all when empty.
     pub only: Vec<WorldPath>,
+    /// Lets a three-way line merge settle write-write conflicts of regular
+    /// files that both sides modified; `prefer` still wins where it is set.
+    pub text_merge: bool,
 }
 
 /// What a merge will do.
@@ -101,6 +104,11 @@ pub struct Plan {
     /// Child changes left out because `prefer` chose the parent's version.
     #[serde(serialize_with = "serialize_paths")]
     pub kept_parent: Vec<WorldPath>,
+    /// Regular files that both sides modified, to be merged line by line
+    /// from the base, the child and the parent before they are put. Their
+    /// `Put` steps are in `steps`; an overlap turns one into a conflict.
+    #[serde(serialize_with = "serialize_paths")]
+    pub text_merge: Vec<WorldPath>,
     /// Steps that take a snapshot of the child back to its old base at the
     /// paths the merge leaves out (settled for the parent, or outside
     /// `only`), copying from the old base. The result is the child's new
@@ -164,9 +172,20 @@ pub fn build(
             identical.push(change);
             continue;
         }
+        let is_regular = |entry: &Option<Entry>| {
+            entry
+                .as_ref()
+                .is_some_and(|e| e.file_type == FileType::Regular)
+        };
+        let both_modified_files =
+            is_regular(&change.before) && is_regular(&change.after) && is_regular(&theirs.after);
         match options.prefer {
             Some(Side::Child) => applied.push(change),
             Some(Side::Parent) => plan.kept_parent.push(change.path.clone()),
+            None if options.text_merge && both_modified_files => {
+                plan.text_merge.push(change.path.clone());
+                applied.push(change);
+            }
             None => plan.conflicts.push(Conflict {
                 kind: ConflictKind::WriteWrite,
                 path: change.path.clone(),
@@ -669,6 +688,24 @@ mod tests {
                 Step::SetMetadata(path("mode")),
                 Step::Put(path("swap")),
             ]
+        );
+    }
+
+    #[test]
+    fn text_merge_takes_modified_files_only() {
+        let options = PlanOptions {
+            text_merge: true,
+            ..PlanOptions::default()
+        };
+        let child = [modified("etc/app.conf"), added("etc/both")];
+        let parent = [modified("etc/app.conf"), added("etc/both")];
+        let result = plan(&child, &parent, &options);
+        assert_eq!(result.text_merge, [path("etc/app.conf")]);
+        assert_eq!(result.steps, [Step::Put(path("etc/app.conf"))]);
+        // Files that both sides added have no common base to merge from.
+        assert_eq!(
+            kinds(&result),
+            [(ConflictKind::WriteWrite, "/etc/both".into())]
         );
     }
 

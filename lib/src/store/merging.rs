@@ -161,7 +161,15 @@ impl Store {
             )
             .unwrap_or(false)
         };
-        let plan = plan::build(&ours, &theirs, &reads, &options.plan, &same_data);
+        let mut plan = plan::build(&ours, &theirs, &reads, &options.plan, &same_data);
+        let merged_texts = text_merge(
+            &mut plan,
+            &ours,
+            &theirs,
+            &self.base_path(child),
+            child_view.world_root(),
+            parent_view.world_root(),
+        );
         let mut outcome = MergeOutcome {
             child: child.clone(),
             parent: parent.clone(),
@@ -173,15 +181,48 @@ impl Store {
             return Ok(outcome);
         }
 
+        // Text-merged files come from a writable copy of the child's
+        // snapshot that holds the merged content; the child's base still
+        // takes the child's own version, so its diff stays honest.
+        let staging = self
+            .pool
+            .join(TMP_DIR)
+            .join(format!("merge-src.{}.{child}", std::process::id()));
+        let apply_source = if merged_texts.is_empty() {
+            child_view.world_root().to_path_buf()
+        } else {
+            let staged = snapshot(child_view.world_root(), &staging, false).and_then(|()| {
+                for (path, content) in &merged_texts {
+                    fs::write(path.under(&staging), content)?;
+                }
+                Ok(())
+            });
+            if let Err(source) = staged {
+                remove_quietly(&staging);
+                return Err(StoreError::Merge {
+                    child: child.clone(),
+                    parent,
+                    source,
+                });
+            }
+            staging.clone()
+        };
+
         let keep = options.keep.unwrap_or(KEEP_PREMERGE);
         let applied = self.apply_merge(
             child,
             &parent,
             &outcome.plan,
-            child_view.world_root(),
+            Sources {
+                snapshot: child_view.world_root(),
+                apply: &apply_source,
+            },
             keep,
             progress,
         );
+        if !merged_texts.is_empty() {
+            remove_quietly(&staging);
+        }
         let id = match applied {
             Ok(id) => id,
             Err(error) => {
@@ -203,7 +244,7 @@ impl Store {
         child: &WorldName,
         parent: &WorldName,
         plan: &Plan,
-        source: &Path,
+        sources: Sources<'_>,
         keep: usize,
         progress: &dyn Fn(MergeProgress),
     ) -> Result<i64> {
@@ -212,6 +253,7 @@ impl Store {
             parent: parent.clone(),
             source,
         };
+        let (source, apply_source) = (sources.snapshot, sources.apply);
         // Where the child's diffs search afterwards. The new base is a
         // snapshot of the child as read for this merge (`source`), so its
         // unchanged files keep the child's inodes and ctimes, and a complete
@@ -263,7 +305,7 @@ impl Store {
         let crash_mid_merge = self.crash_point == Some(super::CrashPoint::MidMerge);
         let target = self.world_path(parent);
         self.frozen(parent, |_| {
-            apply::apply(&target, source, &plan.steps, &|done| {
+            apply::apply(&target, apply_source, &plan.steps, &|done| {
                 if crash_mid_merge && done * 2 >= total {
                     std::process::abort();
                 }
@@ -682,6 +724,61 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The trees a merge reads: the child's read-only snapshot, which the new
+/// base is made from, and the tree the parent's steps copy from, which
+/// differs only by text-merged files.
+#[derive(Clone, Copy)]
+struct Sources<'a> {
+    snapshot: &'a Path,
+    apply: &'a Path,
+}
+
+/// Merges the plan's text-merge files line by line with diff3(1), from the
+/// base, the child's and the parent's versions, and returns the merged
+/// contents. A file whose changes overlap, or that diff3 cannot merge (a
+/// binary file), becomes a write-write conflict and leaves the plan's steps.
+fn text_merge(
+    plan: &mut Plan,
+    ours: &[crate::diff::Change],
+    theirs: &[crate::diff::Change],
+    base: &Path,
+    child: &Path,
+    parent: &Path,
+) -> Vec<(WorldPath, Vec<u8>)> {
+    let mut merged = Vec::new();
+    let mut failed = Vec::new();
+    for path in &plan.text_merge {
+        let output = std::process::Command::new("diff3")
+            .env("LC_ALL", "C")
+            .arg("--merge")
+            .arg(path.under(child))
+            .arg(path.under(base))
+            .arg(path.under(parent))
+            .output();
+        match output {
+            // diff3 exits with 0 when the changes do not overlap.
+            Ok(output) if output.status.success() => merged.push((path.clone(), output.stdout)),
+            _ => failed.push(path.clone()),
+        }
+    }
+    for path in failed {
+        plan.text_merge.retain(|other| other != &path);
+        plan.steps.retain(|step| step.path() != &path);
+        let find = |changes: &[crate::diff::Change]| {
+            changes.iter().find(|change| change.path == path).cloned()
+        };
+        plan.conflicts.push(plan::Conflict {
+            kind: plan::ConflictKind::WriteWrite,
+            child: find(ours),
+            parent: find(theirs),
+            path,
+        });
+    }
+    plan.conflicts
+        .sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
+    merged
 }
 
 /// Snapshots the subvolume at `source` to `dest`, whose parent directory
