@@ -563,6 +563,12 @@ fn limits_enforced() {
     assert_eq!(cgroup("pids.max"), "20\n");
     assert_eq!(cgroup("cpu.cfs_quota_us"), "50000\n");
 
+    // Root in the world cannot reach its cgroup to raise the limits.
+    let cgroupfs = env.world_ok(&["exec", "base", "ls", "-A", "/sys/fs/cgroup"]);
+    assert_eq!(cgroupfs.stdout, "");
+    let mounts = env.world_ok(&["exec", "base", "cat", "/proc/self/mounts"]);
+    assert!(!mounts.stdout.contains(" cgroup "), "{}", mounts.stdout);
+
     // 64 MB in a shell variable is more than the world may have.
     let memory = env.world(&[
         "exec",
@@ -910,4 +916,28 @@ fn exec_tty_long_world_name() {
         .filter(|file| file.starts_with("worlds-console-"))
         .collect();
     assert!(left.is_empty(), "console sockets left in /tmp: {left:?}");
+}
+
+#[test]
+fn host_devices_not_openable() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    // CAP_MKNOD lets root in the world make device nodes in its /dev
+    // tmpfs; the devices cgroup must keep it from opening the host's
+    // disks and loop devices through them.
+    let opened = env.world(&[
+        "exec",
+        "base",
+        "sh",
+        "-c",
+        "mknod /dev/host-loop b 7 0 && head -c 1 /dev/host-loop > /dev/null",
+    ]);
+    assert_eq!(opened.code, 1, "{}", opened.stderr);
+    assert!(
+        opened.stderr.contains("Operation not permitted"),
+        "{}",
+        opened.stderr
+    );
+    let null = env.world_ok(&["exec", "base", "sh", "-c", "echo x > /dev/null"]);
+    assert_eq!(null.stderr, "");
 }
