@@ -698,8 +698,8 @@ fn console_through_tmux() {
         "echo hello-$((6*7)); stty size",
         "Enter",
     ]);
-    let pane = tmux.wait_for("hello-42");
-    assert!(pane.contains("30 100"), "{pane}");
+    let pane = tmux.wait_for("30 100");
+    assert!(pane.contains("hello-42"), "{pane}");
     tmux.run(&["resize-window", "-t", "console", "-x", "120", "-y", "40"]);
     tmux.run(&[
         "send-keys",
@@ -708,17 +708,19 @@ fn console_through_tmux() {
         "clear; stty size; echo $TERM; hostname",
         "Enter",
     ]);
-    let pane = tmux.wait_for("40 120");
-    assert!(pane.contains("tmux-256color\nbase"), "{pane}");
+    let pane = tmux.wait_for("tmux-256color\nbase");
+    assert!(pane.contains("40 120"), "{pane}");
 
     tmux.run(&["send-keys", "-t", "console", "exit 3", "Enter"]);
     tmux.wait_for("console exited 3");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !env.folder().join("after").exists() && Instant::now() < deadline {
+    // The shell creates the file before stty writes to it.
+    let read_after = || std::fs::read_to_string(env.folder().join("after")).unwrap_or_default();
+    while read_after().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = std::fs::read_to_string(env.folder().join("before")).unwrap();
-    let after = std::fs::read_to_string(env.folder().join("after")).unwrap();
+    let after = read_after();
     assert_eq!(before, after, "terminal settings not restored");
 }
 
