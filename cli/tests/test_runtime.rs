@@ -416,23 +416,25 @@ fn fetch(env: &TestEnv, url: &str) -> String {
 fn veth_worlds_serve_same_port() {
     let env = TestEnv::new();
     env.init_busybox("base");
+    // A subnet of this test run's own, so that two test suites running at
+    // once do not route the same addresses.
+    let third = 1 + std::process::id() % 250;
+    let subnet = format!("10.213.{third}.0/28");
+    let base_address = format!("10.213.{third}.2");
+    let child_address = format!("10.213.{third}.3");
     env.world_ok(&["create", "child", "base", "--network", "veth"]);
-    env.world_ok(&[
-        "start",
-        "base",
-        "--network",
-        "veth",
-        "--subnet",
-        "10.213.0.0/28",
-    ]);
-    let started = env.world_ok(&["start", "child", "--subnet", "10.213.0.0/28"]);
-    assert_eq!(started.stderr, "started world `child` at 10.213.0.3\n");
+    env.world_ok(&["start", "base", "--network", "veth", "--subnet", &subnet]);
+    let started = env.world_ok(&["start", "child", "--subnet", &subnet]);
+    assert_eq!(
+        started.stderr,
+        format!("started world `child` at {child_address}\n")
+    );
 
     let mut interfaces = Vec::new();
-    for (name, address) in [("base", "10.213.0.2"), ("child", "10.213.0.3")] {
+    for (name, address) in [("base", &base_address), ("child", &child_address)] {
         let shown = show(&env, name);
         assert_eq!(shown["run"]["network"], "veth");
-        assert_eq!(shown["run"]["address"], address);
+        assert_eq!(shown["run"]["address"], address.as_str());
         let text = env.world_ok(&["show", name]);
         assert!(
             text.stdout.contains(&format!("address:  {address}\n")),
@@ -444,8 +446,10 @@ fn veth_worlds_serve_same_port() {
             format!("mkdir -p /srv && echo {name} > /srv/index.html && httpd -p 80 -h /srv");
         env.world_ok(&["exec", name, "sh", "-c", &script]);
     }
-    assert_eq!(fetch(&env, "http://10.213.0.2/index.html"), "base\n");
-    assert_eq!(fetch(&env, "http://10.213.0.3/index.html"), "child\n");
+    let base_url = format!("http://{base_address}/index.html");
+    let child_url = format!("http://{child_address}/index.html");
+    assert_eq!(fetch(&env, &base_url), "base\n");
+    assert_eq!(fetch(&env, &child_url), "child\n");
 
     env.world_ok(&["stop", "base", "child"]);
     for interface in interfaces {
