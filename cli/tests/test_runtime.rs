@@ -416,23 +416,25 @@ fn fetch(env: &TestEnv, url: &str) -> String {
 fn veth_worlds_serve_same_port() {
     let env = TestEnv::new();
     env.init_busybox("base");
+    // A subnet of this test run's own, so that two test suites running at
+    // once do not route the same addresses.
+    let third = 1 + std::process::id() % 250;
+    let subnet = format!("10.213.{third}.0/28");
+    let base_address = format!("10.213.{third}.2");
+    let child_address = format!("10.213.{third}.3");
     env.world_ok(&["create", "child", "base", "--network", "veth"]);
-    env.world_ok(&[
-        "start",
-        "base",
-        "--network",
-        "veth",
-        "--subnet",
-        "10.213.0.0/28",
-    ]);
-    let started = env.world_ok(&["start", "child", "--subnet", "10.213.0.0/28"]);
-    assert_eq!(started.stderr, "started world `child` at 10.213.0.3\n");
+    env.world_ok(&["start", "base", "--network", "veth", "--subnet", &subnet]);
+    let started = env.world_ok(&["start", "child", "--subnet", &subnet]);
+    assert_eq!(
+        started.stderr,
+        format!("started world `child` at {child_address}\n")
+    );
 
     let mut interfaces = Vec::new();
-    for (name, address) in [("base", "10.213.0.2"), ("child", "10.213.0.3")] {
+    for (name, address) in [("base", &base_address), ("child", &child_address)] {
         let shown = show(&env, name);
         assert_eq!(shown["run"]["network"], "veth");
-        assert_eq!(shown["run"]["address"], address);
+        assert_eq!(shown["run"]["address"], address.as_str());
         let text = env.world_ok(&["show", name]);
         assert!(
             text.stdout.contains(&format!("address:  {address}\n")),
@@ -444,8 +446,10 @@ fn veth_worlds_serve_same_port() {
             format!("mkdir -p /srv && echo {name} > /srv/index.html && httpd -p 80 -h /srv");
         env.world_ok(&["exec", name, "sh", "-c", &script]);
     }
-    assert_eq!(fetch(&env, "http://10.213.0.2/index.html"), "base\n");
-    assert_eq!(fetch(&env, "http://10.213.0.3/index.html"), "child\n");
+    let base_url = format!("http://{base_address}/index.html");
+    let child_url = format!("http://{child_address}/index.html");
+    assert_eq!(fetch(&env, &base_url), "base\n");
+    assert_eq!(fetch(&env, &child_url), "child\n");
 
     env.world_ok(&["stop", "base", "child"]);
     for interface in interfaces {
@@ -562,6 +566,12 @@ fn limits_enforced() {
     assert_eq!(cgroup("memory.limit_in_bytes"), "33554432\n");
     assert_eq!(cgroup("pids.max"), "20\n");
     assert_eq!(cgroup("cpu.cfs_quota_us"), "50000\n");
+
+    // Root in the world cannot reach its cgroup to raise the limits.
+    let cgroupfs = env.world_ok(&["exec", "base", "ls", "-A", "/sys/fs/cgroup"]);
+    assert_eq!(cgroupfs.stdout, "");
+    let mounts = env.world_ok(&["exec", "base", "cat", "/proc/self/mounts"]);
+    assert!(!mounts.stdout.contains(" cgroup "), "{}", mounts.stdout);
 
     // 64 MB in a shell variable is more than the world may have.
     let memory = env.world(&[
@@ -692,8 +702,8 @@ fn console_through_tmux() {
         "echo hello-$((6*7)); stty size",
         "Enter",
     ]);
-    let pane = tmux.wait_for("hello-42");
-    assert!(pane.contains("30 100"), "{pane}");
+    let pane = tmux.wait_for("30 100");
+    assert!(pane.contains("hello-42"), "{pane}");
     tmux.run(&["resize-window", "-t", "console", "-x", "120", "-y", "40"]);
     tmux.run(&[
         "send-keys",
@@ -702,17 +712,19 @@ fn console_through_tmux() {
         "clear; stty size; echo $TERM; hostname",
         "Enter",
     ]);
-    let pane = tmux.wait_for("40 120");
-    assert!(pane.contains("tmux-256color\nbase"), "{pane}");
+    let pane = tmux.wait_for("tmux-256color\nbase");
+    assert!(pane.contains("40 120"), "{pane}");
 
     tmux.run(&["send-keys", "-t", "console", "exit 3", "Enter"]);
     tmux.wait_for("console exited 3");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !env.folder().join("after").exists() && Instant::now() < deadline {
+    // The shell creates the file before stty writes to it.
+    let read_after = || std::fs::read_to_string(env.folder().join("after")).unwrap_or_default();
+    while read_after().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = std::fs::read_to_string(env.folder().join("before")).unwrap();
-    let after = std::fs::read_to_string(env.folder().join("after")).unwrap();
+    let after = read_after();
     assert_eq!(before, after, "terminal settings not restored");
 }
 
@@ -910,4 +922,28 @@ fn exec_tty_long_world_name() {
         .filter(|file| file.starts_with("worlds-console-"))
         .collect();
     assert!(left.is_empty(), "console sockets left in /tmp: {left:?}");
+}
+
+#[test]
+fn host_devices_not_openable() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    // CAP_MKNOD lets root in the world make device nodes in its /dev
+    // tmpfs; the devices cgroup must keep it from opening the host's
+    // disks and loop devices through them.
+    let opened = env.world(&[
+        "exec",
+        "base",
+        "sh",
+        "-c",
+        "mknod /dev/host-loop b 7 0 && head -c 1 /dev/host-loop > /dev/null",
+    ]);
+    assert_eq!(opened.code, 1, "{}", opened.stderr);
+    assert!(
+        opened.stderr.contains("Operation not permitted"),
+        "{}",
+        opened.stderr
+    );
+    let null = env.world_ok(&["exec", "base", "sh", "-c", "echo x > /dev/null"]);
+    assert_eq!(null.stderr, "");
 }

@@ -36,6 +36,9 @@
 //!   runs on.
 //! - Init is a fork of the monitor without exec, so a world's root can
 //!   read and run the host's `world` binary through `/proc/1/exe`.
+//! - Root in a world keeps Docker's default capabilities, but no seccomp
+//!   filter or LSM profile applies: worlds separate an administrator's
+//!   experiments from the host, not hostile code.
 //! - A world on a veth network reaches the host's end of its pair and
 //!   nothing beyond it: worlds does not forward or masquerade its traffic.
 //! - Veth addresses are unique among the running worlds of one store; two

@@ -6,9 +6,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use libcontainer::oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 use libcontainer::oci_spec::OciSpecError;
 
@@ -86,7 +87,17 @@ pub(crate) fn build(
         .build()?;
     spec.set_process(Some(process));
 
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    // libcontainer 0.7 mounts the cgroup v1 hierarchies read-write even
+    // when the spec asks for `ro`, and root in the world could then raise
+    // its own limits. Without the mount, /sys/fs/cgroup is an empty
+    // directory of the read-only sysfs.
+    let mut mounts: Vec<_> = spec
+        .mounts()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|mount| mount.destination() != Path::new("/sys/fs/cgroup"))
+        .collect();
     let files = [
         (&paths.hostname, "/etc/hostname"),
         (&paths.hosts, "/etc/hosts"),
@@ -158,11 +169,19 @@ pub(crate) fn build(
                 .build()?,
         );
     }
+    // Without a rule, the devices cgroup lets the world open every device,
+    // the host's disks included, through nodes that CAP_MKNOD makes. After
+    // this rule libcontainer allows only its defaults (null, zero, full,
+    // random, urandom, tty, ptmx and the pty devices).
+    let deny_all_devices = LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()?;
     let default_linux = spec.linux().clone().unwrap_or_default();
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(cgroup_path(&info.container_id)))
-        .resources(resources.devices(vec![]).build()?)
+        .resources(resources.devices(vec![deny_all_devices]).build()?)
         .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
         .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
         .build()?;
