@@ -947,3 +947,26 @@ fn host_devices_not_openable() {
     let null = env.world_ok(&["exec", "base", "sh", "-c", "echo x > /dev/null"]);
     assert_eq!(null.stderr, "");
 }
+
+#[test]
+fn exec_tty_returns_despite_daemon() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["start", "base"]);
+    // The sleep ignores the hangup and keeps the terminal open after the
+    // shell exits.
+    let started = Instant::now();
+    let result = env.world(&[
+        "exec",
+        "-t",
+        "base",
+        "sh",
+        "-c",
+        "trap '' HUP; sleep 600 & echo background",
+    ]);
+    assert_eq!(result.code, 0, "{}", result.stderr);
+    assert!(result.stdout.contains("background"), "{}", result.stdout);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let ps = env.world_ok(&["ps", "base"]);
+    assert!(ps.stdout.contains("sleep 600"), "{}", ps.stdout);
+}
