@@ -1,0 +1,418 @@
+#!/usr/bin/env bash
+# Times `world merge` of a child of a world that contains the Linux 6.1
+# source tree, after a real update of that tree was applied in the child.
+# Two baselines are measured in the same run. The floor only clones the
+# changed files into a parent with `cp --reflink=always` and deletes the
+# deleted ones. The overlayfs method applies the same update in an overlay
+# on a snapshot of the parent, then moves the files of the overlay's upper
+# folder into it.
+#
+# Usage: sudo bench/merge.sh [--write]
+#
+# Prints a Markdown section on stdout and progress on stderr. With --write it
+# also replaces the section between the merge markers in docs/benchmarks.md.
+#
+# Environment:
+#   WORLDS_BENCH_RUNS     timed runs of each method (default 9)
+#   WORLDS_BENCH_MERGE_VERSIONS
+#                         the two package versions, older first, such as
+#                         "6.1.176-1 6.1.192-3" (default: those of the
+#                         newest patch in the cache)
+#   WORLDS_BENCH_CACHE    where bench/diff.sh keeps the extracted trees and
+#                         the patch between them (default
+#                         /var/tmp/worlds-bench)
+#   WORLDS_BENCH_REVISION a commit to build and measure, such as HEAD, in
+#                         place of the working tree
+#   CARGO_TARGET_DIR      where the release build goes (default
+#                         /tmp/worlds-bench-target, apart from debug builds)
+#
+# The workload is the one of bench/diff.sh, which downloads the packages,
+# extracts their trees and makes the patch the first time. Run it once
+# first (scripts/bench.sh runs it before this script). It needs root and
+# about 4 GB of free space in the temporary folder. Caches stay warm: the
+# script never drops them.
+set -euo pipefail
+
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+readonly BEGIN_MARKER='<!-- merge:begin -->'
+readonly END_MARKER='<!-- merge:end -->'
+# The minimum number of changes that the patched child must show, or the
+# run fails.
+readonly MIN_CHANGES=1000
+# How many changed files each run compares between the child and the merged
+# parent, spread over the list of changes. The first run compares the whole
+# trees.
+readonly SAMPLE_FILES=25
+readonly METHODS=(worlds floor overlay)
+
+# The overlayfs merge, as the original system did it: walk the upper folder
+# and rename each entry into the same place in the parent's tree. A
+# whiteout, a character device 0/0, deletes what the parent has at its
+# place. A folder that the parent also has is merged entry by entry; any
+# other entry replaces what the parent has. rename(2) is what `mv` calls for
+# each file; doing it from one Perl process leaves out the start of one `mv`
+# process per file. Arguments: the upper folder and the parent's tree.
+# shellcheck disable=SC2016
+readonly OVERLAY_MERGE='
+use strict;
+use warnings;
+use File::Path qw(remove_tree);
+
+sub remove_target {
+    my ($path) = @_;
+    return unless lstat $path;
+    if (-d _) { remove_tree($path) } else { unlink $path or die "unlink $path: $!\n" }
+}
+
+sub merge_folder {
+    my ($from, $to) = @_;
+    opendir(my $folder, $from) or die "opendir $from: $!\n";
+    my @names = grep { $_ ne "." && $_ ne ".." } readdir $folder;
+    closedir $folder;
+    for my $name (@names) {
+        my ($source, $target) = ("$from/$name", "$to/$name");
+        my @status = lstat $source or die "lstat $source: $!\n";
+        if (-c _ && $status[6] == 0) {
+            remove_target($target);
+            unlink $source or die "unlink $source: $!\n";
+        } elsif (-d _) {
+            if (lstat $target and -d _) {
+                merge_folder($source, $target);
+                rmdir $source or die "rmdir $source: $!\n";
+            } else {
+                remove_target($target);
+                rename $source, $target or die "rename $source: $!\n";
+            }
+        } else {
+            remove_target($target) if lstat $target and -d _;
+            rename $source, $target or die "rename $source: $!\n";
+        }
+    }
+}
+
+merge_folder(@ARGV);
+'
+
+runs=${WORLDS_BENCH_RUNS:-9}
+
+parse_arguments "$@"
+require_positive WORLDS_BENCH_RUNS "$runs"
+require_root
+
+# Prints the older and the newer version of the workload, on one line.
+choose_versions() {
+    if [[ -n ${WORLDS_BENCH_MERGE_VERSIONS:-} ]]; then
+        read -r old new <<<"$WORLDS_BENCH_MERGE_VERSIONS"
+        [[ -n ${new:-} ]] || die "WORLDS_BENCH_MERGE_VERSIONS must name two versions, not \`$WORLDS_BENCH_MERGE_VERSIONS\`"
+        printf '%s %s\n' "$old" "$new"
+        return
+    fi
+    local patches newest
+    shopt -s nullglob
+    patches=("$cache/${SOURCE_PACKAGE}"_*_to_*.patch)
+    shopt -u nullglob
+    ((${#patches[@]} > 0)) \
+        || die "no patch of $SOURCE_PACKAGE in $cache; run bench/diff.sh once first, which makes it"
+    newest=$(printf '%s\n' "${patches[@]}" | sort -V | tail -n 1)
+    newest=${newest##*/}
+    newest=${newest#"${SOURCE_PACKAGE}"_}
+    newest=${newest%.patch}
+    printf '%s %s\n' "${newest%%_to_*}" "${newest##*_to_}"
+}
+
+# Unmounts the overlay before the cleanup of lib.sh, which cannot unmount
+# the pool while the overlay uses folders in it.
+cleanup_merge() {
+    local status=$?
+    set +e
+    if [[ -n ${store:-} ]] && mountpoint -q "$store/merged" 2>/dev/null; then
+        umount "$store/merged" || log "could not unmount the overlay on $store/merged"
+    fi
+    (exit "$status")
+    cleanup
+}
+
+install_missing btrfs-progs patch jq attr perl
+start_store
+trap cleanup_merge EXIT
+build_world
+
+versions=$(choose_versions)
+read -r old_version new_version <<<"$versions"
+old_tree=$cache/${SOURCE_PACKAGE}_$old_version
+patch_file=$cache/${SOURCE_PACKAGE}_${old_version}_to_$new_version.patch
+[[ -d $old_tree/$SOURCE_PACKAGE && -f $patch_file ]] \
+    || die "$old_tree/$SOURCE_PACKAGE or $patch_file is missing; run bench/diff.sh once first, with WORLDS_BENCH_DIFF_VERSIONS=\"$old_version $new_version\""
+patch_files=$(grep -c '^diff ' "$patch_file")
+log "workload: $SOURCE_PACKAGE $old_version patched up to $new_version ($patch_files files in the patch)"
+
+load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
+pool=$store/pool
+timings=$store/timings
+mkdir "$timings" "$store/merged"
+
+log "creating root world linux from $old_tree"
+"$world" --store "$store" --quiet init linux --from-dir "$old_tree" --pool-size 12G
+linux_root=$("$world" --store "$store" show linux --json | jq -er .path)
+entries=$(find "$linux_root" -mindepth 1 | wc -l)
+files=$(find "$linux_root" -type f | wc -l)
+log "the linux world contains $entries entries, $files of them regular files"
+settle "$pool"
+
+# Prints the path of the root of world NAME.
+world_root() {
+    "$world" --store "$store" show "$1" --json | jq -er .path
+}
+
+# Applies the patch in FOLDER, the linux-source-6.1 folder of a tree.
+apply_patch() {
+    (cd "$1" && patch -p2 -s <"$patch_file") || die "the patch does not apply in $1"
+}
+
+# Clones the files that the child added or changed into the floor parent,
+# making their folders as needed, then deletes what the child deleted. This
+# is the floor. The lists were made from `world diff -z` before the timing.
+floor_merge() {
+    (cd "$child_root" && cp --reflink=always --no-dereference --preserve=all --parents \
+        -- "${copied[@]}" "$floor_root/")
+    if ((${#deleted[@]} > 0)); then
+        (cd "$floor_root" && rm -rf -- "${deleted[@]}")
+    fi
+}
+
+overlay_merge() {
+    perl -e "$OVERLAY_MERGE" "$overlay_snapshot/upper" "$overlay_snapshot/$SOURCE_PACKAGE"
+}
+
+# Fails unless the tree at ROOT has the same content as the patched child,
+# compared with `diff -r --no-dereference`. With FULL true it compares the
+# whole linux-source-6.1 folder, else the sample of changed files, and it
+# checks that the deleted paths are gone.
+check_same() {
+    local method=$1 root=$2 full=$3 path
+    if $full; then
+        diff -r --no-dereference -q "$child_root/$SOURCE_PACKAGE" "$root/$SOURCE_PACKAGE" >"$store/check" 2>&1 \
+            || { head -n 20 "$store/check" >&2; die "after the $method merge of run $run, the parent differs from the child"; }
+        return
+    fi
+    for path in "${sample[@]}"; do
+        diff -r --no-dereference -q "$child_root/$path" "$root/$path" >"$store/check" 2>&1 \
+            || { cat "$store/check" >&2; die "after the $method merge of run $run, $path differs from the child's"; }
+    done
+    for path in "${deleted[@]}"; do
+        [[ ! -e $root/$path && ! -L $root/$path ]] \
+            || die "after the $method merge of run $run, $path is still there"
+    done
+}
+
+# Waits until btrfs is idle, then times METHOD once on the worlds of this run.
+time_method() {
+    local method=$1
+    settle "$pool"
+    case $method in
+        worlds)
+            if ! time_ns "$world" --store "$store" --quiet merge "child-$run" >>"$timings/worlds"; then
+                die "world --store $store merge child-$run failed; to reproduce: make a root world from $old_tree," \
+                    "create parent from it and child from parent, apply $patch_file with patch -p2 inside" \
+                    "the child's $SOURCE_PACKAGE folder and merge child"
+            fi
+            ;;
+        floor) time_ns floor_merge >>"$timings/floor" ;;
+        overlay) time_ns overlay_merge >>"$timings/overlay" ;;
+    esac
+}
+
+log "timing $runs runs of each method, interleaved, after ${SECONDS}s"
+for ((run = 1; run <= runs; run++)); do
+    # The worlds method: a fresh parent and a child of it, patched.
+    "$world" --store "$store" --quiet create "parent-$run" linux
+    "$world" --store "$store" --quiet create "child-$run" "parent-$run"
+    child_root=$(world_root "child-$run")
+    parent_root=$(world_root "parent-$run")
+    apply_patch "$child_root/$SOURCE_PACKAGE"
+    # The floor's parent, made the same way. The floor copies from the same
+    # patched child.
+    "$world" --store "$store" --quiet create "floor-$run" linux
+    floor_root=$(world_root "floor-$run")
+    # The overlayfs method: a writable snapshot of linux as the lower layer,
+    # with the upper and work folders beside its tree in the same subvolume,
+    # so that moving a file from upper into the tree is a rename.
+    overlay_snapshot=$pool/overlay-$run
+    btrfs subvolume snapshot "$linux_root" "$overlay_snapshot" >/dev/null
+    mkdir "$overlay_snapshot/upper" "$overlay_snapshot/work"
+    mount -t overlay overlay \
+        -o "lowerdir=$overlay_snapshot/$SOURCE_PACKAGE,upperdir=$overlay_snapshot/upper,workdir=$overlay_snapshot/work" \
+        "$store/merged"
+    apply_patch "$store/merged"
+    umount "$store/merged"
+    # An opaque folder in upper would replace the parent's folder, which
+    # overlay_merge does not do. The patch makes none, and this check fails
+    # if another one does.
+    if getfattr -R --absolute-names -n trusted.overlay.opaque "$overlay_snapshot/upper" 2>/dev/null | grep -q .; then
+        die "the overlay's upper folder has opaque folders, which this script does not merge"
+    fi
+    # Write everything out now, so that no timed command pays for it.
+    btrfs filesystem sync "$pool" >/dev/null
+    log "run $run/$runs: prepared after ${SECONDS}s"
+
+    # The changes, listed before the timing: what the floor copies and
+    # deletes, and the sample that the checks compare.
+    "$world" --store "$store" diff -z "child-$run" >"$store/changes"
+    copied=() deleted=() changed=()
+    while IFS= read -r -d '' letter && IFS= read -r -d '' path; do
+        path=${path#/}
+        case $letter in
+            D) deleted+=("$path") ;;
+            A | M | T)
+                changed+=("$path")
+                [[ -d $child_root/$path && ! -L $child_root/$path ]] || copied+=("$path")
+                ;;
+        esac
+    done <"$store/changes"
+    changes=$(tr -cd '\0' <"$store/changes" | wc -c)
+    changes=$((changes / 2))
+    ((changes >= MIN_CHANGES)) || die "world diff child-$run lists only $changes changes, fewer than $MIN_CHANGES"
+    step=$(((${#changed[@]} + SAMPLE_FILES - 1) / SAMPLE_FILES))
+    sample=()
+    for ((i = 0; i < ${#changed[@]}; i += step)); do
+        sample+=("${changed[i]}")
+    done
+
+    order=("${METHODS[@]:run % 3}" "${METHODS[@]:0:run % 3}")
+    for method in "${order[@]}"; do
+        time_method "$method"
+    done
+
+    # The checks, outside the timed part.
+    log "run $run/$runs: timed after ${SECONDS}s"
+    leftover=$("$world" --store "$store" diff "child-$run")
+    [[ -z $leftover ]] || die "after world merge child-$run, world diff child-$run still lists changes: $(head -n 5 <<<"$leftover")"
+    full=false
+    ((run == 1)) && full=true
+    check_same worlds "$parent_root" "$full"
+    check_same floor "$floor_root" "$full"
+    check_same overlay "$overlay_snapshot" "$full"
+    [[ -z $(find "$overlay_snapshot/upper" -mindepth 1 -print -quit) ]] \
+        || die "the overlay merge of run $run left entries in the upper folder"
+
+    log "run $run/$runs (${order[*]}), checked after ${SECONDS}s: $changes changes, ${#copied[@]} files copied, ${#deleted[@]} deleted;" \
+        "worlds $(tail -n 1 "$timings/worlds") ns, floor $(tail -n 1 "$timings/floor") ns," \
+        "overlay $(tail -n 1 "$timings/overlay") ns"
+
+    "$world" --store "$store" --quiet delete "child-$run"
+    "$world" --store "$store" --quiet delete "parent-$run"
+    "$world" --store "$store" --quiet delete "floor-$run"
+    btrfs subvolume delete "$overlay_snapshot" >/dev/null
+    settle "$pool"
+done
+load_after=$(cut -d ' ' -f 1-3 /proc/loadavg)
+# The kinds of the last run's changes, counted by status letter.
+kinds=$(tr '\0' '\n' <"$store/changes" | awk 'NR % 2' | sort | uniq -c | sort -rn | awk '
+    BEGIN { kind["A"] = "added"; kind["M"] = "modified"; kind["D"] = "deleted"
+            kind["T"] = "type changed"; kind["m"] = "metadata only" }
+    { printf "%s%s %s", (NR > 1 ? ", " : ""), $1, ($2 in kind ? kind[$2] : $2) }')
+copied_count=${#copied[@]}
+deleted_count=${#deleted[@]}
+
+read -r worlds_median worlds_min worlds_max < <(summarize "$timings/worlds")
+read -r floor_median floor_min floor_max < <(summarize "$timings/floor")
+read -r overlay_median overlay_min overlay_max < <(summarize "$timings/overlay")
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+worlds_per_floor=$(ratio "$worlds_median" "$floor_median")
+worlds_per_overlay=$(ratio "$worlds_median" "$overlay_median")
+verdict="within"
+awk -v r="$worlds_per_floor" 'BEGIN { exit !(r > 2) }' && verdict="not within"
+
+# Other work on the machine inflates the absolute times more than the
+# ratios, so the section of a busy run adds a note about it.
+busy_note=
+if awk -v load="${load_before%% *}" -v cpus="$(nproc)" 'BEGIN { exit !(load >= cpus) }'; then
+    busy_note="Other work kept the machine busy during this run (a load average above
+its CPU count), which inflates the absolute times more than the ratios.
+
+"
+fi
+
+section=$(cat <<EOF
+## Merging a child world
+
+\`world merge CHILD\` applies the changes that CHILD made since its base to
+its parent, all or nothing. It takes a pre-merge snapshot of the parent and
+journals the plan. Then it clones the data of each changed file into the
+parent with a reflink, renames it into place, syncs, and moves the child's
+base. The target is to stay within twice the floor below.
+
+The root world \`linux\` contains the Linux source tree of Debian's
+\`$SOURCE_PACKAGE\` $old_version ($entries files and directories, $files of
+them regular files). Each run makes a fresh parent with \`world create
+parent linux\` and a child with \`world create child parent\`, and applies
+in the child, with \`patch\`, the difference between that tree and the one of
+$new_version made with \`diff -ruN\` ($patch_files files). \`world diff\` then
+lists $changes changes ($kinds).
+
+| method | median | min | max |
+| --- | ---: | ---: | ---: |
+| \`world merge child\` | $worlds_median ms | $worlds_min ms | $worlds_max ms |
+| floor: \`cp --reflink=always\` of the changed files | $floor_median ms | $floor_min ms | $floor_max ms |
+| overlayfs: rename the upper folder's entries into the parent | $overlay_median ms | $overlay_min ms | $overlay_max ms |
+
+Ratios of the medians: worlds over floor **$worlds_per_floor** ($verdict the
+target of 2), worlds over overlayfs **$worlds_per_overlay**.
+
+- **worlds**: the whole \`world merge child\` command, from its start to its
+  exit, with its output sent to /dev/null.
+- **floor**: the least work that gives the parent the child's files. The
+  parent is a fresh \`world create\` of \`linux\`, and the source is the same
+  patched child. Before the timing, the script takes the list of changes
+  from \`world diff -z child\`. The timed part runs one
+  \`cp --reflink=always --no-dereference --preserve=all --parents\` inside
+  the child's root, with the parent's root as the target. It copies every
+  path that was added, modified or changed type and is not a folder
+  ($copied_count files). Then one \`rm -rf\` inside the parent deletes the
+  $deleted_count deleted paths. It makes no
+  snapshot, writes no journal and does not sync.
+- **overlayfs**, the original system's method: the parent is a writable
+  \`btrfs subvolume snapshot\` of \`linux\`. Its tree is the lower layer of an
+  overlay mounted with an empty upper and work folder, both in the same
+  snapshot beside the tree, and the patch is applied inside the overlay,
+  which is then unmounted. The timed part is one Perl process that walks the
+  upper folder. It renames each entry into the same place in the parent's
+  tree with rename(2), the call that \`mv\` makes, and merges the folders
+  that both have. Each whiteout (a character device 0/0) becomes a deletion
+  in the parent. It makes no snapshot, writes no journal and does not sync, and an
+  interruption leaves the parent half merged.
+
+In each of the $runs runs the script made the three parents and applied the
+patch twice, in the child and in the overlay. It wrote everything out with
+\`btrfs filesystem sync\`, then timed the three methods once each, in an
+order that rotates from run to run. Before each timed command it waits
+until btrfs has committed its transaction and cleaned up deleted
+subvolumes. After the timing it checks that \`world diff child\` is empty
+and that each parent has the child's content. The first run compares the
+whole tree with \`diff -r --no-dereference\`. The others compare
+$SAMPLE_FILES changed files spread over the list and check that the deleted
+paths are gone. Then it deletes the worlds and the snapshot. The caches are warm:
+the script never drops them.
+
+$busy_note- Script: \`bench/merge.sh\`, $revision, release build
+- Machine: $(describe_machine)
+- Load average over 1, 5 and 15 minutes: $load_before at the start,
+  $load_after at the end
+- Store: $(describe_store)
+- Tools: $(cp --version | head -n 1), $(patch --version | head -n 1), perl $(perl -e 'print $^V')
+- Date: $(date -u +%Y-%m-%d)
+- To measure again and update this section: \`sudo bench/merge.sh --write\`,
+  or \`sudo scripts/bench.sh\` for every benchmark. It uses the trees and the
+  patch that \`bench/diff.sh\` keeps in the cache.
+  WORLDS_BENCH_MERGE_VERSIONS picks other versions, WORLDS_BENCH_RUNS
+  the number of runs, and WORLDS_BENCH_REVISION=HEAD measures the last
+  commit instead of the working tree.
+EOF
+)
+
+printf '%s\n' "$section"
+
+if $write; then
+    write_section "$BEGIN_MARKER" "$END_MARKER" "$section"
+fi
