@@ -233,7 +233,7 @@ fn print_stat(out: &mut impl Write, changes: &[Change], color: bool) -> io::Resu
         counts[change.kind as usize] += 1;
         let describe = |entry: Option<&worlds::diff::Entry>, bytes: u64| match entry {
             Some(entry) if entry.file_type != FileType::Regular => {
-                type_name(entry.file_type).to_owned()
+                entry.file_type.name().to_owned()
             }
             _ => size::format(bytes),
         };
@@ -290,18 +290,6 @@ fn print_stat(out: &mut impl Write, changes: &[Change], color: bool) -> io::Resu
         size::format(grown),
         size::format(shrunk)
     )
-}
-
-fn type_name(file_type: FileType) -> &'static str {
-    match file_type {
-        FileType::Regular => "regular file",
-        FileType::Directory => "directory",
-        FileType::Symlink => "symlink",
-        FileType::Fifo => "fifo",
-        FileType::Socket => "socket",
-        FileType::CharDevice => "character device",
-        FileType::BlockDevice => "block device",
-    }
 }
 
 fn print_patch(

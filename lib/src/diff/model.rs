@@ -17,6 +17,19 @@ pub enum FileType {
 }
 
 impl FileType {
+    /// Returns the type's name in messages, such as `character device`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Regular => "regular file",
+            Self::Directory => "directory",
+            Self::Symlink => "symlink",
+            Self::Fifo => "fifo",
+            Self::Socket => "socket",
+            Self::CharDevice => "character device",
+            Self::BlockDevice => "block device",
+        }
+    }
+
     /// Returns the type encoded in `st_mode`, or `None` for an unknown type.
     pub fn from_mode(mode: u32) -> Option<Self> {
         Some(match mode & libc::S_IFMT {

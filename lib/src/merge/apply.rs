@@ -165,8 +165,8 @@ pub enum StepError {
     ReadEntry { tree: Tree, source: io::Error },
     #[error(
         "the target has a {} where the source has a {}; remove it first",
-        type_name(*in_target),
-        type_name(*in_source)
+        in_target.name(),
+        in_source.name()
     )]
     TypeMismatch {
         in_target: FileType,
@@ -357,18 +357,6 @@ fn target_type(metadata: &Metadata) -> Result<FileType, StepError> {
         tree: Tree::Target,
         source: io::Error::new(io::ErrorKind::InvalidData, "unknown file type"),
     })
-}
-
-fn type_name(file_type: FileType) -> &'static str {
-    match file_type {
-        FileType::Regular => "regular file",
-        FileType::Directory => "directory",
-        FileType::Symlink => "symlink",
-        FileType::Fifo => "fifo",
-        FileType::Socket => "socket",
-        FileType::CharDevice => "character device",
-        FileType::BlockDevice => "block device",
-    }
 }
 
 /// Returns the temporary name of entry number `counter` made by process
@@ -797,7 +785,7 @@ fn set_attributes(
 /// with the device number of `entry`.
 fn make_node<'a>(dir: &'a Dir, entry: &Entry, kind: SFlag) -> Result<Temporary<'a>, StepError> {
     let rdev = entry.rdev.unwrap_or(0);
-    let description = || format!("a {}", type_name(entry.file_type));
+    let description = || format!("a {}", entry.file_type.name());
     let make = |name: &OsStr| dir.make_node(name, kind, rdev);
     Ok(Temporary::create(dir, &description, make)?.0)
 }
