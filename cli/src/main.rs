@@ -50,7 +50,11 @@ fn main() -> ExitCode {
 
     let crash_point = match std::env::var(CRASH_VARIABLE).as_deref() {
         Ok("after-snapshot") => Some(worlds::store::CrashPoint::AfterSnapshot),
+        Ok("merge-journaled") => Some(worlds::store::CrashPoint::MergeJournaled),
+        Ok("merge-prepared") => Some(worlds::store::CrashPoint::MergePrepared),
         Ok("mid-merge") => Some(worlds::store::CrashPoint::MidMerge),
+        Ok("merge-applied") => Some(worlds::store::CrashPoint::MergeApplied),
+        Ok("merge-publishing") => Some(worlds::store::CrashPoint::MergePublishing),
         Ok("before-merge-done") => Some(worlds::store::CrashPoint::BeforeMergeDone),
         _ => None,
     };

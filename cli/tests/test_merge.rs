@@ -284,3 +284,93 @@ fn merge_into_running_parent() {
     env.world_ok(&["stop", "Parent"]);
     env.world_ok(&["stop", "Child"]);
 }
+
+/// Returns every entry under `root` with its type, mode, owner, symlink
+/// target and, for regular files, a checksum of the content.
+fn tree_state(root: &std::path::Path) -> String {
+    let script = "find . -mindepth 1 -printf '%P %y %m %U:%G %l\\n' | sort; \
+                  find . -type f -print0 | sort -z | xargs -0 -r md5sum";
+    let output = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn crash_at_every_journal_step() {
+    // Each point, and whether the next command completes the merge (true)
+    // or rolls it back (false).
+    let points = [
+        ("merge-journaled", false),
+        ("merge-prepared", false),
+        ("mid-merge", false),
+        ("merge-applied", false),
+        ("merge-publishing", true),
+        ("before-merge-done", true),
+    ];
+    for (point, completes) in points {
+        let env = TestEnv::new();
+        let child = family(&env);
+        for index in 0..10 {
+            fs::write(child.join(format!("srv/www/page{index}.html")), "new\n").unwrap();
+        }
+        fs::write(child.join("srv/www/index.html"), "v2\n").unwrap();
+        fs::remove_file(child.join("etc/app.conf")).unwrap();
+        let parent = env.store.join("pool/worlds/Parent");
+        let before = tree_state(&parent);
+        let expected_after = tree_state(&child);
+
+        let crashed = run(env
+            .command(WORLD)
+            .env("WORLDS_TEST_CRASH_AT", point)
+            .args(["merge", "Child"])
+            .stderr(Stdio::null()));
+        assert_eq!(crashed.code, 128 + 6, "{point}: the merge should abort");
+        let recovered = env.world_ok(&["recover"]);
+        let state = tree_state(&parent);
+        if completes {
+            assert!(
+                recovered.stderr.contains("it is now complete"),
+                "{point}: {}",
+                recovered.stderr
+            );
+            assert_eq!(
+                state, expected_after,
+                "{point}: the parent should be in its post-merge state"
+            );
+            assert_eq!(env.world_ok(&["diff", "Child"]).stdout, "", "{point}");
+        } else {
+            assert!(
+                recovered
+                    .stderr
+                    .contains("is back at its state before the merge"),
+                "{point}: {}",
+                recovered.stderr
+            );
+            assert_eq!(
+                state, before,
+                "{point}: the parent should be in its pre-merge state"
+            );
+            assert_eq!(
+                env.world_ok(&["diff", "Child"]).stdout.lines().count(),
+                12,
+                "{point}"
+            );
+        }
+        assert_eq!(
+            fs::read_dir(env.store.join("pool/tmp")).unwrap().count(),
+            0,
+            "{point}"
+        );
+        // The store works on: the merge can be done again or is done.
+        env.world_ok(&["merge", "Child"]);
+        assert_eq!(
+            tree_state(&parent),
+            expected_after,
+            "{point}: after merging again"
+        );
+    }
+}

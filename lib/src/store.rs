@@ -335,8 +335,16 @@ pub struct DeleteOptions {
 pub enum CrashPoint {
     /// After a child's snapshots exist and before they are recorded.
     AfterSnapshot,
+    /// When a merge is in the journal and has touched nothing yet.
+    MergeJournaled,
+    /// When a merge has its pre-merge snapshot and the child's new base.
+    MergePrepared,
     /// When a merge has applied half of its steps to the parent.
     MidMerge,
+    /// When a merge has applied every step and not yet said so.
+    MergeApplied,
+    /// When a merge is journaled as publishing and the base is not swapped.
+    MergePublishing,
     /// When a merge has swapped the child's base and not yet recorded it.
     BeforeMergeDone,
 }

@@ -284,6 +284,7 @@ impl Store {
         let writer = self.db.transaction()?;
         let id = writer.insert_merge(parent, child, &summary, previous, next)?;
         writer.commit()?;
+        self.crash_at(super::CrashPoint::MergeJournaled);
 
         // The pre-merge snapshot and the new base, before the parent changes.
         create_dir_if_missing(&self.pool.join(PREMERGE_DIR)).map_err(merge_error)?;
@@ -297,6 +298,7 @@ impl Store {
                 source: error,
             }
         })?;
+        self.crash_at(super::CrashPoint::MergePrepared);
 
         let writer = self.db.transaction()?;
         writer.set_merge_state(id, MergeState::Applying)?;
@@ -325,13 +327,13 @@ impl Store {
                 nix::unistd::syncfs(dir.as_raw_fd()).map_err(std::io::Error::from)
             })
             .map_err(merge_error)?;
+        self.crash_at(super::CrashPoint::MergeApplied);
         let writer = self.db.transaction()?;
         writer.set_merge_state(id, MergeState::Publishing)?;
         writer.commit()?;
+        self.crash_at(super::CrashPoint::MergePublishing);
         self.publish_base(id, child).map_err(merge_error)?;
-        if self.crash_point == Some(super::CrashPoint::BeforeMergeDone) {
-            std::process::abort();
-        }
+        self.crash_at(super::CrashPoint::BeforeMergeDone);
         let writer = self.db.transaction()?;
         writer.set_merge_state(id, MergeState::Done)?;
         writer.set_since(child.as_str(), next)?;
@@ -563,6 +565,13 @@ impl Store {
             source: error,
         })?;
         Ok(total)
+    }
+
+    /// Ends the process at once when a test asked for a crash at `point`.
+    fn crash_at(&self, point: super::CrashPoint) {
+        if self.crash_point == Some(point) {
+            std::process::abort();
+        }
     }
 
     /// Runs `work` with world `name` frozen if it runs, and thaws it after;
