@@ -44,6 +44,8 @@ use crate::sys::btrfs;
 
 /// Directory of the pool that keeps pre-merge snapshots for undo.
 pub(super) const PREMERGE_DIR: &str = "premerge";
+/// How often a merge tries to freeze a running parent before it fails.
+const FREEZE_ATTEMPTS: u32 = 3;
 /// How many merges into one parent keep their pre-merge snapshots, unless
 /// [`MergeOptions::keep`] says otherwise.
 pub const KEEP_PREMERGE: usize = 5;
@@ -586,7 +588,21 @@ impl Store {
         if state != crate::runtime::RunState::Running {
             return Ok(work(self));
         }
-        self.set_frozen(name, true).map_err(freeze_error)?;
+        // The cgroup freezer can give up on a loaded machine while a process
+        // is busy in the kernel (libcgroups retries for about half a
+        // second), so freezing is tried a few times before the merge fails.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.set_frozen(name, true) {
+                Ok(_) => break,
+                Err(error) if attempts >= FREEZE_ATTEMPTS => return Err(freeze_error(error)),
+                Err(error) => {
+                    tracing::warn!(world = %name, error = %error, attempts, "freezing failed; trying again");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
         let result = work(self);
         self.set_frozen(name, false).map_err(freeze_error)?;
         Ok(result)
