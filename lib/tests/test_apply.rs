@@ -21,33 +21,7 @@ use worlds::path::WorldPath;
 use worlds::store::DeleteOptions;
 use worlds::{Store, WorldName};
 
-use crate::common::{busybox, name, run, tree_listing, TestStore};
-
-const TYPES: [&str; 7] = [
-    "regular",
-    "directory",
-    "symlink",
-    "fifo",
-    "socket",
-    "char",
-    "block",
-];
-
-/// Shell commands that make a file of `file_type` at `path`.
-fn make(file_type: &str, path: &str) -> String {
-    match file_type {
-        "regular" => format!("printf 'new content\\n' > {path}"),
-        "directory" => format!("mkdir {path} && printf x > {path}/inside"),
-        "symlink" => format!("ln -s regular {path}"),
-        "fifo" => format!("mkfifo {path}"),
-        "socket" => format!(
-            "python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' {path}"
-        ),
-        "char" => format!("mknod {path} c 1 5"),
-        "block" => format!("mknod {path} b 7 201"),
-        _ => unreachable!("unknown type {file_type}"),
-    }
-}
+use crate::common::{busybox, make_file, name, run, tree_listing, TestStore, FILE_TYPES};
 
 /// Steps that put a file of `file_type` made by [`make`] at `path`: a
 /// directory's content comes after it, and its times are set again last.
@@ -82,10 +56,10 @@ fn world_path(text: &str) -> WorldPath {
 fn fixture(store: &mut Store) -> WorldName {
     let root = name("root");
     store.create_root(&root, &busybox(), &|_| {}).unwrap();
-    let mut script: Vec<String> = TYPES
+    let mut script: Vec<String> = FILE_TYPES
         .iter()
         .filter(|file_type| **file_type != "directory")
-        .map(|file_type| make(file_type, file_type))
+        .map(|file_type| make_file(file_type, file_type))
         .collect();
     script.push("mkdir directory && printf x > directory/inner".into());
     script.push("printf 'other\\n' > other".into());
@@ -114,10 +88,10 @@ struct Case {
 
 fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
-    for file_type in TYPES {
+    for file_type in FILE_TYPES {
         cases.push(Case {
             label: format!("{file_type} added"),
-            script: make(file_type, "fresh"),
+            script: make_file(file_type, "fresh"),
             steps: put(file_type, "fresh"),
         });
         cases.push(Case {
@@ -140,12 +114,12 @@ fn matrix() -> Vec<Case> {
             script: format!("touch -h -d '2001-02-03 04:05:06.789' {file_type}"),
             steps: vec![Step::SetMetadata(world_path(file_type))],
         });
-        for new_type in TYPES.iter().filter(|new_type| **new_type != file_type) {
+        for new_type in FILE_TYPES.iter().filter(|new_type| **new_type != file_type) {
             let mut steps = remove(file_type, file_type);
             steps.extend(put(new_type, file_type));
             cases.push(Case {
                 label: format!("{file_type} became {new_type}"),
-                script: format!("rm -r {file_type} && {}", make(new_type, file_type)),
+                script: format!("rm -r {file_type} && {}", make_file(new_type, file_type)),
                 steps,
             });
         }
@@ -166,7 +140,7 @@ fn matrix() -> Vec<Case> {
         ("fifo", "rm fifo && mkfifo fifo"),
         (
             "socket",
-            &format!("rm socket && {}", make("socket", "socket")),
+            &format!("rm socket && {}", make_file("socket", "socket")),
         ),
         ("char", "rm char && mknod char c 1 7"),
         ("block", "rm block && mknod block b 7 202"),

@@ -10,31 +10,7 @@ use worlds::diff::{Change, DiffOptions, Method};
 use worlds::store::DeleteOptions;
 use worlds::{Store, WorldName};
 
-use crate::common::{busybox, name, TestStore};
-
-const TYPES: [&str; 7] = [
-    "regular",
-    "directory",
-    "symlink",
-    "fifo",
-    "socket",
-    "char",
-    "block",
-];
-
-/// Shell commands that make a file of `file_type` at `path`.
-fn make(file_type: &str, path: &str) -> String {
-    match file_type {
-        "regular" => format!("printf 'new content\\n' > {path}"),
-        "directory" => format!("mkdir {path} && printf x > {path}/inside"),
-        "symlink" => format!("ln -s regular {path}"),
-        "fifo" => format!("mkfifo {path}"),
-        "socket" => format!("python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' {path}"),
-        "char" => format!("mknod {path} c 1 5"),
-        "block" => format!("mknod {path} b 7 201"),
-        _ => unreachable!("unknown type {file_type}"),
-    }
-}
+use crate::common::{busybox, make_file, name, TestStore, FILE_TYPES};
 
 /// What making `file_type` at `path` adds: the path, and what a new
 /// directory holds.
@@ -50,10 +26,10 @@ fn made(file_type: &str, path: &str) -> Vec<String> {
 fn fixture(store: &mut Store) -> WorldName {
     let root = name("root");
     store.create_root(&root, &busybox(), &|_| {}).unwrap();
-    let mut script: Vec<String> = TYPES
+    let mut script: Vec<String> = FILE_TYPES
         .iter()
         .filter(|file_type| **file_type != "directory")
-        .map(|file_type| make(file_type, file_type))
+        .map(|file_type| make_file(file_type, file_type))
         .collect();
     script.push("mkdir directory && printf x > directory/inner".into());
     script.push("printf 'other\\n' > other".into());
@@ -105,10 +81,10 @@ struct Case {
 
 fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
-    for file_type in TYPES {
+    for file_type in FILE_TYPES {
         cases.push(Case {
             label: format!("{file_type} added"),
-            script: make(file_type, "fresh"),
+            script: make_file(file_type, "fresh"),
             expected: expect('A', &made(file_type, "fresh")),
         });
         let mut deleted = vec![file_type.to_owned()];
@@ -135,7 +111,7 @@ fn matrix() -> Vec<Case> {
             script: format!("ls -l {file_type} > /dev/null"),
             expected: Vec::new(),
         });
-        for new_type in TYPES.iter().filter(|new_type| **new_type != file_type) {
+        for new_type in FILE_TYPES.iter().filter(|new_type| **new_type != file_type) {
             let mut expected = expect('T', &[file_type.into()]);
             if file_type == "directory" {
                 expected.push("D /directory/inner".into());
@@ -145,7 +121,7 @@ fn matrix() -> Vec<Case> {
             }
             cases.push(Case {
                 label: format!("{file_type} became {new_type}"),
-                script: format!("rm -r {file_type} && {}", make(new_type, file_type)),
+                script: format!("rm -r {file_type} && {}", make_file(new_type, file_type)),
                 expected,
             });
         }
@@ -165,7 +141,7 @@ fn matrix() -> Vec<Case> {
     for file_type in ["fifo", "socket"] {
         cases.push(Case {
             label: format!("{file_type} replaced by a new one"),
-            script: format!("rm {file_type} && {}", make(file_type, file_type)),
+            script: format!("rm {file_type} && {}", make_file(file_type, file_type)),
             expected: expect('m', &[file_type.into()]),
         });
     }

@@ -130,3 +130,28 @@ pub fn tree_listing(root: &Path) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// The file types of the test matrices, named as `make_file` takes them.
+pub const FILE_TYPES: [&str; 7] = [
+    "regular",
+    "directory",
+    "symlink",
+    "fifo",
+    "socket",
+    "char",
+    "block",
+];
+
+/// Shell commands that make a file of `file_type` at `path`.
+pub fn make_file(file_type: &str, path: &str) -> String {
+    match file_type {
+        "regular" => format!("printf 'new content\\n' > {path}"),
+        "directory" => format!("mkdir {path} && printf x > {path}/inside"),
+        "symlink" => format!("ln -s regular {path}"),
+        "fifo" => format!("mkfifo {path}"),
+        "socket" => format!("python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' {path}"),
+        "char" => format!("mknod {path} c 1 5"),
+        "block" => format!("mknod {path} b 7 201"),
+        _ => unreachable!("unknown type {file_type}"),
+    }
+}
