@@ -207,7 +207,7 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
                     "restore worlds.db from a backup to use this pool again, or move pool.img away to start a new store"
                 }
                 PoolError::NotLarger { .. } => "`world store info` shows the current size",
-                PoolError::NotImage { .. } => "grow the btrfs filesystem that holds the store instead",
+                PoolError::NotImage { .. } => "grow the btrfs filesystem that contains the store instead",
                 _ => return None,
             })
         })

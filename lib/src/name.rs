@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// The longest name a world may have, in bytes.
+/// The maximum length of a world name, in bytes.
 pub const MAX_LEN: usize = 64;
 
 /// A validated world name: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
@@ -13,7 +13,7 @@ pub const MAX_LEN: usize = 64;
 #[serde(transparent)]
 pub struct WorldName(String);
 
-/// Why a string is not a valid world name.
+/// The reason a string is not a valid world name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidName {
     #[error("world name is empty")]

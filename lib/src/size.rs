@@ -1,6 +1,6 @@
 //! Byte sizes as administrators write them: `512M`, `20G`, `1.5T`.
 
-/// Why a string is not a valid size.
+/// The error for a string that is not a valid size.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid size `{text}`; write a number of bytes with an optional K, M, G or T suffix, such as `20G`")]
 pub struct InvalidSize {

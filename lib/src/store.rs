@@ -251,7 +251,7 @@ pub struct WorldDetails {
     pub base_subvolume_id: Option<u64>,
 }
 
-/// Which world a diff compares with a child's base.
+/// The world that a diff compares with a child's base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiffSubject {
     /// The child itself: what it changed.
@@ -341,7 +341,7 @@ pub enum CrashPoint {
     MergePrepared,
     /// When a merge has applied half of its steps to the parent.
     MidMerge,
-    /// When a merge has applied every step and not yet said so.
+    /// When a merge has applied every step and not yet journaled it.
     MergeApplied,
     /// When a merge is journaled as publishing and the base is not swapped.
     MergePublishing,

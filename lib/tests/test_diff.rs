@@ -12,8 +12,8 @@ use worlds::{Store, WorldName};
 
 use crate::common::{busybox, make_file, name, TestStore, FILE_TYPES};
 
-/// What making `file_type` at `path` adds: the path, and what a new
-/// directory holds.
+/// Returns the paths that making `file_type` at `path` adds: the path, and
+/// the contents of a new directory.
 fn made(file_type: &str, path: &str) -> Vec<String> {
     match file_type {
         "directory" => vec![path.into(), format!("{path}/inside")],

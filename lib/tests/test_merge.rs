@@ -24,7 +24,7 @@ fn shell(store: &Store, world: &str, script: &str) {
     );
 }
 
-/// A root world `parent` with a few files, and a child `child` of it.
+/// Creates a root world `parent` with a few files, and a child `child` of it.
 fn family(fixture: &TestStore) -> Store {
     let mut store = fixture.open();
     store

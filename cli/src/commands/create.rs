@@ -15,7 +15,7 @@ use crate::ui;
 /// whatever the size of PARENT. CHILD keeps PARENT's network and limits,
 /// unless options here replace them, for every start.
 ///
-/// With `--with SIBLING` (repeatable), CHILD also holds the changes of those
+/// With `--with SIBLING` (repeatable), CHILD also gets the changes of those
 /// children of PARENT, merged in order, to test them together. Given two or
 /// more worlds instead of PARENT (`world create NEW A B`), they are the
 /// siblings and their common parent is PARENT. A conflict between them is

@@ -1,7 +1,7 @@
 use super::{report_cleanups, Context};
 use crate::ui;
 
-/// Cleans up after interrupted commands and says what it did.
+/// Cleans up after interrupted commands and reports what it did.
 ///
 /// Every command does this when it starts and no other command is running;
 /// `recover` waits for the store lock and does it now. Interrupted merges

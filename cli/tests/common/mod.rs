@@ -36,12 +36,13 @@ impl TestEnv {
         Self { folder, store }
     }
 
-    /// Returns the temporary folder that holds the store.
+    /// Returns the temporary folder that contains the store.
     pub fn folder(&self) -> &Path {
         self.folder.path()
     }
 
-    /// A command for the binary with a cleared environment and this store.
+    /// Returns a command for the binary with a cleared environment and this
+    /// store.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new(program);
         command

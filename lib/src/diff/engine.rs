@@ -299,7 +299,7 @@ fn data_differs(base: &Path, world: &Path, size: u64) -> io::Result<bool> {
 }
 
 /// Returns whether two regular files hold the same bytes: shared extents
-/// answer without reading, otherwise both are read and compared.
+/// decide without reading, and otherwise both are read and compared.
 ///
 /// NOTE: a large sparse file whose extents differ is read in full,
 /// holes included.

@@ -1,4 +1,4 @@
-//! What a world changed since its base.
+//! Diffs: the changes a world made since its base.
 //!
 //! [`model`] contains the change model and its rules, [`engine`] the two ways
 //! of computing changes, and [`json`] the documented JSON form. The store

@@ -112,7 +112,7 @@ pub struct Change {
 /// Names the change between two sides of one path, or returns `None` when
 /// they do not differ.
 ///
-/// `data_changed` tells whether a regular file's data differs; the caller
+/// `data_changed` is whether a regular file's data differs, and the caller
 /// finds it out (sizes, shared extents or bytes). Access times never count,
 /// and neither do a directory's size and mtime, which follow its entries.
 pub fn classify(

@@ -92,7 +92,7 @@ pub struct PlanOptions {
     pub text_merge: bool,
 }
 
-/// What a merge will do.
+/// The plan of a merge: its steps, conflicts and left-out changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Plan {
     /// Steps in order: removals deepest first, then the rest parents first.
@@ -131,7 +131,7 @@ fn serialize_paths<S: serde::Serializer>(
 /// Builds the plan of merging `child` changes into a parent that made
 /// `parent` changes since the same base.
 ///
-/// `reads` is the child's read set. `same_data` tells whether the child's
+/// `reads` is the child's read set. `same_data` returns whether the child's
 /// and the parent's versions of a regular file at a path hold the same
 /// bytes; it is asked only when everything else about them is equal.
 pub fn build(
@@ -236,9 +236,9 @@ pub fn build(
     plan
 }
 
-/// Returns the steps that take a tree back to its earlier state, given
-/// the changes from that state (the base side) to the tree (the world
-/// side); the steps copy from the earlier state.
+/// Returns the steps that take a tree back to its earlier state. `changes`
+/// go from that state (the base side) to the tree (the world side), and the
+/// steps copy from the earlier state.
 pub fn restore_steps(changes: &[Change]) -> Vec<Step> {
     let reversed: Vec<Change> = changes
         .iter()

@@ -47,7 +47,7 @@ pub(super) const PREMERGE_DIR: &str = "premerge";
 /// How often a merge tries to freeze a running parent before it fails.
 const FREEZE_ATTEMPTS: u32 = 3;
 /// How many merges into one parent keep their pre-merge snapshots, unless
-/// [`MergeOptions::keep`] says otherwise.
+/// [`MergeOptions::keep`] sets another number.
 pub const KEEP_PREMERGE: usize = 5;
 
 /// Options of [`Store::merge`].
@@ -184,7 +184,7 @@ impl Store {
         }
 
         // Text-merged files come from a writable copy of the child's
-        // snapshot that holds the merged content; the child's base still
+        // snapshot that contains the merged content, and the child's base still
         // takes the child's own version, so its diff stays honest.
         let staging = self
             .pool
@@ -356,11 +356,11 @@ impl Store {
         Ok(id)
     }
 
-    /// Creates `world` as a child of `parent` that also holds the changes of
+    /// Creates `world` as a child of `parent` that also contains the changes of
     /// `siblings`, children of `parent` themselves, merged in order.
     ///
     /// Each sibling's changes since its base are planned against what the
-    /// new world already holds that differs from that base: the parent's
+    /// new world already contains that differs from that base: the parent's
     /// later changes and the siblings merged before it. A conflict between
     /// them removes the new world again and is returned, not applied.
     pub fn create_combined(
@@ -423,7 +423,7 @@ impl Store {
         let sibling_view = self.open_diff_snapshot(sibling, DiffSubject::World)?;
         let theirs_changes = sibling_view.changes(&DiffOptions::default())?;
 
-        // What the new world holds that differs from the sibling's base:
+        // What the new world contains that differs from the sibling's base:
         // the parent's changes since then and earlier siblings' changes.
         let record = self.world(sibling)?;
         let base = self.base_path(sibling);

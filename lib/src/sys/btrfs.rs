@@ -316,7 +316,7 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<Vec<ChangedIno
     // u64 words keep the buffer aligned for the header struct.
     let mut words = vec![0u64; (header + SEARCH_V2_BUFFER) / 8];
     let mut key = SearchKey {
-        // Zero selects the tree of the subvolume that holds the fd.
+        // Zero selects the tree of the subvolume that contains the fd.
         tree_id: 0,
         min_objectid: 0,
         max_objectid: u64::MAX,
@@ -353,7 +353,7 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<Vec<ChangedIno
         if count == 0 {
             break;
         }
-        // SAFETY: `words` holds `header + SEARCH_V2_BUFFER` initialized
+        // SAFETY: `words` contains `header + SEARCH_V2_BUFFER` initialized
         // bytes, viewed here as bytes.
         let bytes =
             unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };

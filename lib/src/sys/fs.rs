@@ -171,7 +171,7 @@ pub struct Extent {
 
 impl Extent {
     /// Set when the extent's data lives inside filesystem metadata, so its
-    /// physical address tells nothing about its content.
+    /// physical address does not identify its content.
     pub const DATA_INLINE: u32 = 0x0000_0200;
     /// Set when the extent's location is not known yet.
     pub const UNKNOWN: u32 = 0x0000_0002;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 const LOOP_CONTROL: &str = "/dev/loop-control";
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
-/// How often `attach` asks for another free device after losing a race for
+/// The number of times `attach` requests another free device after losing a race for
 /// one to another process.
 const ATTACH_ATTEMPTS: usize = 16;
 
