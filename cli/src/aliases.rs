@@ -56,6 +56,18 @@ mod tests {
     }
 
     #[test]
+    fn every_alias_names_a_subcommand() {
+        use clap::CommandFactory;
+        let command = crate::commands::Cli::command();
+        for (alias, subcommand) in ALIASES {
+            let found = command
+                .get_subcommands()
+                .any(|candidate| candidate.get_name() == *subcommand);
+            assert!(found, "{alias} runs the missing subcommand {subcommand}");
+        }
+    }
+
+    #[test]
     fn expand_keeps_argument_order() {
         let args = ["/bin/wcreate", "child", "parent"]
             .map(OsString::from)

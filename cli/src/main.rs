@@ -23,14 +23,7 @@ fn main() -> ExitCode {
     worlds::sys::default_sigpipe();
     let mut args: Vec<OsString> = std::env::args_os().collect();
     let argv0 = args.first().cloned().unwrap_or_default();
-    if let Some((alias, subcommand)) = aliases::subcommand_of(Path::new(&argv0)) {
-        let known = Cli::command()
-            .get_subcommands()
-            .any(|command| command.get_name() == subcommand);
-        if !known {
-            eprintln!("error: `{alias}` runs `world {subcommand}`, which this version of worlds does not have yet");
-            return ExitCode::from(ui::EXIT_USAGE);
-        }
+    if let Some((_, subcommand)) = aliases::subcommand_of(Path::new(&argv0)) {
         args = aliases::expand(args, subcommand);
     }
 

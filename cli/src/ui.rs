@@ -48,6 +48,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                     | StoreError::NothingToUndo { .. }
                     | StoreError::NotSibling { .. }
                     | StoreError::WorldRunning { .. }
+                    | StoreError::NoOperation { .. }
             )
         });
         let runtime = as_runtime_error(cause).is_some_and(|error| {

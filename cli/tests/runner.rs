@@ -9,3 +9,4 @@ mod test_diff;
 mod test_failures;
 mod test_merge;
 mod test_runtime;
+mod test_track;

@@ -72,6 +72,26 @@ const MIGRATIONS: &[&str] = &[
         started_ms INTEGER NOT NULL,
         config TEXT NOT NULL
     );",
+    // v5: access sets. One row per world, world-relative path and operation
+    // (1 read, 2 write, 4 exec), with the first process that did it; gaps
+    // are the times the set missed events.
+    "CREATE TABLE accesses (
+        world_id INTEGER NOT NULL REFERENCES worlds(id),
+        path BLOB NOT NULL,
+        op INTEGER NOT NULL,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        pid INTEGER NOT NULL,
+        command TEXT NOT NULL,
+        PRIMARY KEY (world_id, path, op)
+    ) WITHOUT ROWID;
+    CREATE TABLE access_gaps (
+        world_id INTEGER NOT NULL REFERENCES worlds(id),
+        time_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        count INTEGER NOT NULL
+    );
+    CREATE INDEX access_gaps_world ON access_gaps(world_id);",
 ];
 
 /// How long a writer waits for another writer before failing.
@@ -172,6 +192,20 @@ pub struct RunningRecord {
     pub started: Timestamp,
     /// How the world runs, as JSON: network, address, limits.
     pub config: serde_json::Value,
+}
+
+/// One row of a world's access set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRow {
+    /// The world-relative path, as raw bytes.
+    pub path: Vec<u8>,
+    /// 1 read, 2 write, 4 exec.
+    pub op: u8,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    /// The first process that did it, as the world numbers it.
+    pub pid: i32,
+    pub command: String,
 }
 
 /// An open metadata database.
@@ -321,6 +355,52 @@ impl Db {
             )
             .optional()?;
         Ok(text.map(|text| serde_json::from_str(&text)).transpose()?)
+    }
+
+    /// Returns the access rows of world `world_id` whose last sighting is
+    /// at or after `since_ms`, ordered by path and operation.
+    pub fn accesses(&self, world_id: i64, since_ms: i64) -> Result<Vec<AccessRow>> {
+        let mut statement = self.connection.prepare(
+            "SELECT path, op, first_ms, last_ms, pid, command FROM accesses
+             WHERE world_id = ?1 AND last_ms >= ?2 ORDER BY path, op",
+        )?;
+        let rows = statement.query_map(params![world_id, since_ms], |row| {
+            Ok(AccessRow {
+                path: row.get(0)?,
+                op: row.get(1)?,
+                first_ms: row.get(2)?,
+                last_ms: row.get(3)?,
+                pid: row.get(4)?,
+                command: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Returns the gaps of world `world_id`'s access set at or after
+    /// `since_ms`, oldest first, as time, reason and count.
+    pub fn access_gaps(&self, world_id: i64, since_ms: i64) -> Result<Vec<(i64, String, i64)>> {
+        let mut statement = self.connection.prepare(
+            "SELECT time_ms, reason, count FROM access_gaps
+             WHERE world_id = ?1 AND time_ms >= ?2 ORDER BY time_ms",
+        )?;
+        let rows = statement.query_map(params![world_id, since_ms], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Returns the time of operation `id` of the log, if it exists.
+    pub fn operation_time(&self, id: i64) -> Result<Option<Timestamp>> {
+        let time: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT time_ms FROM operations WHERE id = ?1",
+                [id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(time.map(timestamp))
     }
 
     /// Starts a write transaction; it takes SQLite's write lock at once.
@@ -514,6 +594,7 @@ impl Writer<'_> {
     /// Removes the record of world `id` with its run configuration and
     /// running record; its children must be gone first.
     pub fn delete_world(&self, id: i64) -> Result<()> {
+        self.clear_accesses(id)?;
         self.transaction
             .execute("DELETE FROM world_config WHERE world_id = ?1", [id])?;
         self.transaction
@@ -625,6 +706,55 @@ impl Writer<'_> {
             "INSERT OR REPLACE INTO world_config (world_id, config) VALUES (?1, ?2)",
             params![world_id, config.to_string()],
         )?;
+        Ok(())
+    }
+
+    /// Adds sightings to world `world_id`'s access set: a new path and
+    /// operation keeps its first process, a known one moves its last time.
+    pub fn record_accesses(&self, world_id: i64, rows: &[AccessRow]) -> Result<()> {
+        let mut statement = self.transaction.prepare_cached(
+            "INSERT INTO accesses (world_id, path, op, first_ms, last_ms, pid, command)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (world_id, path, op) DO UPDATE SET
+                 first_ms = min(first_ms, excluded.first_ms),
+                 last_ms = max(last_ms, excluded.last_ms)",
+        )?;
+        for row in rows {
+            statement.execute(params![
+                world_id,
+                row.path,
+                row.op,
+                row.first_ms,
+                row.last_ms,
+                row.pid,
+                row.command
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Records that world `world_id`'s access set missed `count` events
+    /// (or runs, or paths) at `time_ms`, for `reason`.
+    pub fn add_access_gap(
+        &self,
+        world_id: i64,
+        time_ms: i64,
+        reason: &str,
+        count: i64,
+    ) -> Result<()> {
+        self.transaction.execute(
+            "INSERT INTO access_gaps (world_id, time_ms, reason, count) VALUES (?1, ?2, ?3, ?4)",
+            params![world_id, time_ms, reason, count],
+        )?;
+        Ok(())
+    }
+
+    /// Empties world `world_id`'s access set and its gaps.
+    pub fn clear_accesses(&self, world_id: i64) -> Result<()> {
+        self.transaction
+            .execute("DELETE FROM accesses WHERE world_id = ?1", [world_id])?;
+        self.transaction
+            .execute("DELETE FROM access_gaps WHERE world_id = ?1", [world_id])?;
         Ok(())
     }
 

@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod size;
 pub mod store;
 pub mod sys;
+pub mod track;
 
 pub use name::WorldName;
 pub use store::Store;

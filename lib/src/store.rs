@@ -172,6 +172,8 @@ pub enum StoreError {
     },
     #[error("world `{name}` is running")]
     WorldRunning { name: WorldName },
+    #[error("operation {id} is not in the operation log; `world log` lists them")]
+    NoOperation { id: i64 },
     #[error("read the run state of world `{name}`")]
     RunState {
         name: WorldName,

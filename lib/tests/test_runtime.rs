@@ -23,6 +23,7 @@ fn start_options(store_dir: &Path, program: PathBuf) -> StartOptions {
     StartOptions {
         network: None,
         limits: Default::default(),
+        track: None,
         subnet: Default::default(),
         monitor: MonitorCommand {
             program,

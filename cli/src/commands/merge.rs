@@ -123,6 +123,12 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         }
     }
 
+    if !outcome.read_set_complete {
+        ui::warning(format_args!(
+            "the access set of `{}` may lack reads (`world set {}` says why), so read-write conflicts may be missed",
+            outcome.child, outcome.child
+        ));
+    }
     let conflicts = outcome.plan.conflicts.len();
     if conflicts > 0 {
         ui::status(
@@ -136,7 +142,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         );
         ui::status(
             context.quiet,
-            "hint: --prefer child|parent settles write-write conflicts; --only merges a part; --dry-run shows the plan",
+            "hint: --prefer child|parent settles write-write conflicts, --ignore-reads PATH read-write ones; --only merges a part; --dry-run shows the plan",
         );
         return Ok(ui::EXIT_BLOCKED);
     }

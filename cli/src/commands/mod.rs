@@ -19,6 +19,7 @@ mod ps;
 mod recover;
 mod restart;
 mod run_args;
+mod set;
 mod show;
 mod start;
 mod stop;
@@ -77,6 +78,7 @@ pub enum Command {
     Diff(diff::Args),
     Merge(merge::Args),
     Undo(undo::Args),
+    Set(set::Args),
     Start(start::Args),
     Stop(stop::Args),
     Restart(restart::Args),
@@ -187,6 +189,7 @@ pub fn run(cli: Cli, context: &Context) -> anyhow::Result<u8> {
         Command::Diff(args) => diff::run(args, context),
         Command::Merge(args) => merge::run(args, context),
         Command::Undo(args) => undo::run(args, context),
+        Command::Set(args) => set::run(args, context),
         Command::Start(args) => start::run(args, context),
         Command::Stop(args) => stop::run(args, context),
         Command::Restart(args) => restart::run(args, context),

@@ -22,6 +22,13 @@ pub struct RunArgs {
     /// CPU time as a number of CPUs, such as `0.5` or `2`.
     #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
     pub cpus: Option<f64>,
+    /// Do not record which files the world reads, writes and executes
+    /// (`world set`); merge then cannot check for read-write conflicts.
+    #[arg(long, conflicts_with = "track")]
+    pub no_track: bool,
+    /// Record the world's accesses, where `--no-track` was stored.
+    #[arg(long)]
+    pub track: bool,
 }
 
 /// Options of the commands that start worlds.
@@ -40,6 +47,15 @@ pub struct StartArgs {
 }
 
 impl RunArgs {
+    /// Returns whether to track accesses, if these options say.
+    pub fn tracking(&self) -> Option<bool> {
+        match (self.track, self.no_track) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+
     /// Returns the limits that these options set.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -54,6 +70,7 @@ impl RunArgs {
         RunConfig {
             network: self.network.unwrap_or(stored.network),
             limits: stored.limits.overridden_by(self.limits()),
+            track: self.tracking().unwrap_or(stored.track),
         }
     }
 }
@@ -64,6 +81,7 @@ impl StartArgs {
         Ok(StartOptions {
             network: self.run.network,
             limits: self.run.limits(),
+            track: self.run.tracking(),
             subnet: self.subnet,
             monitor: context.monitor_command()?,
         })

@@ -11,7 +11,9 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
+use std::time::Duration;
 
 use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::workload::{
@@ -25,6 +27,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::sys::process::exit_now;
+use crate::track::tracer::{Tracer, TrackFds};
 
 /// How often init checks, while stopping, whether processes are left.
 const STOP_POLL_MS: u16 = 20;
@@ -33,13 +36,16 @@ const STOP_POLL_MS: u16 = 20;
 /// SIGPWR as other inits take them.
 const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGPWR];
 
-/// The executor that turns the container process into the world's init.
-#[derive(Clone)]
-pub struct InitExecutor;
+/// The executor that turns the container process into the world's init,
+/// with the descriptors of access tracking when it is on.
+#[derive(Clone, Default)]
+pub struct InitExecutor {
+    pub tracking: Option<Arc<TrackFds>>,
+}
 
 impl Executor for InitExecutor {
     fn exec(&self, _spec: &Spec) -> Result<(), ExecutorError> {
-        run()
+        run(self.tracking.as_deref())
     }
 
     fn validate(&self, _spec: &Spec) -> Result<(), ExecutorValidationError> {
@@ -54,9 +60,14 @@ impl Executor for InitExecutor {
 /// Runs init until the world stops; never returns.
 ///
 /// The process is a fork of the monitor without exec, so it first closes
-/// every descriptor it inherited beyond standard input, output and error.
-pub fn run() -> ! {
-    close_inherited_fds();
+/// every descriptor it inherited beyond standard input, output and error,
+/// and those of `tracking`.
+pub fn run(tracking: Option<&TrackFds>) -> ! {
+    let keep: Vec<i32> = tracking
+        .map(|fds| vec![fds.group.as_raw_fd(), fds.pipe.as_raw_fd()])
+        .unwrap_or_default();
+    close_inherited_fds(&keep);
+    let mut tracer = tracking.and_then(|fds| Tracer::new(fds).ok());
 
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGCHLD);
@@ -75,15 +86,28 @@ pub fn run() -> ! {
 
     let mut stopping = false;
     loop {
-        let timeout = if stopping {
-            PollTimeout::from(STOP_POLL_MS)
-        } else {
-            PollTimeout::NONE
+        let stop_poll = stopping.then_some(Duration::from_millis(STOP_POLL_MS.into()));
+        let batch_due = tracer.as_ref().and_then(Tracer::timeout);
+        let timeout = match (stop_poll, batch_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+        let timeout = timeout.map_or(PollTimeout::NONE, |wait| {
+            // Round up, so that a due batch is not polled for in a loop.
+            PollTimeout::try_from(wait.as_millis() as u64 + 1).unwrap_or(PollTimeout::MAX)
+        });
+        let mut fds = vec![PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+        if let Some(tracer) = &tracer {
+            fds.push(PollFd::new(tracer.group(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => exit_now(1),
+        }
+        drop(fds);
+        if let Some(tracer) = &mut tracer {
+            tracer.read_events();
+            tracer.send_if_due();
         }
         while let Ok(Some(info)) = signal_fd.read_signal() {
             let stop = STOP_SIGNALS
@@ -97,6 +121,11 @@ pub fn run() -> ! {
         }
         reap_children();
         if stopping && !others_alive() {
+            // Every other process is gone, so the queue holds the world's
+            // last accesses.
+            if let Some(tracer) = &mut tracer {
+                tracer.finish();
+            }
             exit_now(0);
         }
     }
@@ -132,15 +161,16 @@ fn others_alive() -> bool {
         })
 }
 
-/// Closes every descriptor above 2, as listed in `/proc/self/fd`.
-fn close_inherited_fds() {
+/// Closes every descriptor above 2 but those in `keep`, as listed in
+/// `/proc/self/fd`.
+fn close_inherited_fds(keep: &[i32]) {
     let Ok(entries) = fs::read_dir("/proc/self/fd") else {
         return;
     };
     let fds: Vec<i32> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
+        .filter(|fd| *fd > 2 && !keep.contains(fd))
         .collect();
     for fd in fds {
         // The descriptor of the directory listing is closed by now and

@@ -70,6 +70,7 @@ use nix::unistd::Pid;
 use crate::db::{DbError, RunningRecord};
 use crate::name::WorldName;
 use crate::store::{Cleanup, Store, StoreError};
+use crate::track::GapReason;
 
 pub use cgroup::existing_dirs as cgroup_dirs;
 pub use exec::{ExecChild, ExecRequest};
@@ -193,12 +194,29 @@ impl Limits {
 
 /// Run settings of a world: stored per world by [`Store::configure`], and
 /// given again, in part, to [`Store::start`].
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunConfig {
     #[serde(default)]
     pub network: NetworkMode,
     #[serde(default)]
     pub limits: Limits,
+    /// Whether the world's accesses are recorded ([`crate::track`]).
+    #[serde(default = "track_default")]
+    pub track: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            network: NetworkMode::default(),
+            limits: Limits::default(),
+            track: true,
+        }
+    }
+}
+
+fn track_default() -> bool {
+    true
 }
 
 /// Settings and addresses of a running world, stored in its running record.
@@ -217,6 +235,9 @@ pub struct RunInfo {
     pub gateway: Option<Ipv4Addr>,
     /// The libcontainer container id, also the cgroup's name.
     pub container_id: String,
+    /// Whether the world's accesses are recorded.
+    #[serde(default = "track_default")]
+    pub track: bool,
 }
 
 /// The program that [`Store::start`] runs as a world's monitor; the world's
@@ -235,6 +256,8 @@ pub struct MonitorCommand {
 pub struct StartOptions {
     pub network: Option<NetworkMode>,
     pub limits: Limits,
+    /// Whether to record the world's accesses this run.
+    pub track: Option<bool>,
     /// The subnet that veth addresses come from.
     pub subnet: Subnet,
     pub monitor: MonitorCommand,
@@ -382,7 +405,8 @@ impl Store {
         let stored = self.run_config(name)?;
         let network = options.network.unwrap_or(stored.network);
         let limits = stored.limits.overridden_by(options.limits);
-        let info = self.plan_run(name, &paths, network, limits, &options.subnet)?;
+        let mut info = self.plan_run(name, &paths, network, limits, &options.subnet)?;
+        info.track = options.track.unwrap_or(stored.track);
         self.prepare_run_dir(name, &paths, &info)?;
 
         if let Err(error) = self.launch_monitor(name, &paths, &options.monitor) {
@@ -600,6 +624,15 @@ impl Store {
         }
         teardown(name, &paths, info.as_ref());
         let writer = self.db_mut().transaction()?;
+        if info.as_ref().is_none_or(|info| info.track) {
+            // The monitor may have died with a batch of accesses unsent.
+            writer.add_access_gap(
+                record.world_id,
+                crate::track::now_ms(),
+                GapReason::MonitorLost.as_str(),
+                1,
+            )?;
+        }
         writer.delete_running(record.world_id, record.monitor_pid)?;
         writer.commit()?;
         tracing::info!(world = %name, monitor_pid = record.monitor_pid, "cleaned up after a world whose monitor is gone");
@@ -622,6 +655,7 @@ impl Store {
             host_interface: None,
             gateway: None,
             container_id: paths.container_id.clone(),
+            track: true,
         };
         if network == NetworkMode::Veth {
             let taken: Vec<Ipv4Addr> = self

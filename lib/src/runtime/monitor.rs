@@ -10,6 +10,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use libcontainer::container::builder::ContainerBuilder;
@@ -23,9 +24,14 @@ use nix::unistd::Pid;
 
 use super::init::InitExecutor;
 use super::{network, proc, teardown, NetworkMode, Result, RunInfo, RuntimeError, READY_LINE};
-use crate::db::{DbError, RunningRecord};
+use crate::db::{Db, DbError, RunningRecord};
 use crate::name::WorldName;
+use crate::pool;
 use crate::store::Store;
+use crate::sys::{btrfs, fanotify};
+use crate::track::recorder::Recorder;
+use crate::track::tracer::TrackFds;
+use crate::track::GapReason;
 
 /// Runs the monitor of world `name` in the store at `store_dir` until the
 /// world stops.
@@ -58,7 +64,22 @@ pub fn run(store_dir: &Path, name: &WorldName) -> Result<()> {
     let info: RunInfo = serde_json::from_slice(&plan).map_err(DbError::from)?;
     tracing::info!(world = %name, pid = std::process::id(), network = %info.network, "monitor started");
 
-    let init_pid = match create_and_start(name, &paths, &info) {
+    let (track_fds, mut recorder) = if info.track {
+        match prepare_tracking(&store, name, world.id) {
+            Ok((fds, recorder)) => (Some(Arc::new(fds)), Some(recorder)),
+            Err(error) => {
+                tracing::warn!(world = %name, error = %error, "access tracking is unavailable; this run is recorded as a gap");
+                (None, None)
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let executor = InitExecutor {
+        tracking: track_fds,
+    };
+    let created = create_and_start(name, &paths, &info, executor);
+    let init_pid = match created {
         Ok(pid) => pid,
         Err(error) => {
             teardown(name, &paths, Some(&info));
@@ -86,12 +107,17 @@ pub fn run(store_dir: &Path, name: &WorldName) -> Result<()> {
         teardown(name, &paths, Some(&info));
         return Err(error.into());
     }
+    if recorder.is_none() {
+        if let Err(error) = store.add_access_gap(world.id, GapReason::NotRecorded) {
+            tracing::warn!(world = %name, error = %error, "record that this run is not tracked");
+        }
+    }
     if let Some(mut ready) = ready {
         let _ = writeln!(ready, "{READY_LINE}");
     }
     tracing::info!(world = %name, init_pid, "world running");
 
-    let status = wait_for_init(init_pid);
+    let status = wait_for_init(init_pid, recorder.as_mut(), store.db_mut());
     tracing::info!(world = %name, status = %status, "init exited");
 
     teardown(name, &paths, Some(&info));
@@ -106,9 +132,43 @@ pub fn run(store_dir: &Path, name: &WorldName) -> Result<()> {
     Ok(())
 }
 
+/// Opens what access tracking needs: the fanotify group on the pool, the
+/// pipe from init, and the world's subvolume.
+fn prepare_tracking(
+    store: &Store,
+    name: &WorldName,
+    world_id: i64,
+) -> std::io::Result<(TrackFds, Recorder)> {
+    let world = File::open(store.world_path(name))?;
+    let root = btrfs::subvolume_info(&world)?.id;
+    let group = fanotify::watch_filesystem(&store.dir().join(pool::MOUNT_NAME))?;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        read.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    // A larger pipe lets init send a full batch without waiting for the
+    // monitor; the default size works too.
+    let _ = nix::fcntl::fcntl(
+        write.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
+    );
+    let fds = TrackFds {
+        group,
+        pipe: write,
+        root,
+    };
+    Ok((fds, Recorder::new(world_id, world, File::from(read))))
+}
+
 /// Creates the container, sets up its network while init waits, starts
 /// init, and returns init's host pid.
-fn create_and_start(name: &WorldName, paths: &super::RunPaths, info: &RunInfo) -> Result<i32> {
+fn create_and_start(
+    name: &WorldName,
+    paths: &super::RunPaths,
+    info: &RunInfo,
+    executor: InitExecutor,
+) -> Result<i32> {
     let create_error = |source| RuntimeError::Create {
         name: name.clone(),
         source: Box::new(source),
@@ -116,7 +176,7 @@ fn create_and_start(name: &WorldName, paths: &super::RunPaths, info: &RunInfo) -
     let mut container = ContainerBuilder::new(paths.container_id.clone(), SyscallType::Linux)
         .with_root_path(&paths.containers)
         .map_err(create_error)?
-        .with_executor(InitExecutor)
+        .with_executor(executor)
         .as_init(&paths.bundle)
         .with_systemd(false)
         .with_detach(true)
@@ -156,8 +216,30 @@ fn create_and_start(name: &WorldName, paths: &super::RunPaths, info: &RunInfo) -
 }
 
 /// Waits for init to exit, passing SIGTERM, SIGINT and SIGHUP sent to the
-/// monitor on to it as SIGTERM, and returns how it exited.
-fn wait_for_init(init_pid: i32) -> String {
+/// monitor on to it as SIGTERM, and returns how it exited. Meanwhile it
+/// writes the batches of accesses that `recorder` receives to `db`.
+fn wait_for_init(init_pid: i32, mut recorder: Option<&mut Recorder>, db: &mut Db) -> String {
+    let status = wait_and_record(init_pid, recorder.as_deref_mut(), db);
+    // Init sent its last batch before it exited.
+    if let Some(recorder) = recorder {
+        receive(recorder, db);
+    }
+    status
+}
+
+/// Writes what `recorder` has received, logging a failure: the accesses
+/// are lost, and the world keeps running.
+fn receive(recorder: &mut Recorder, db: &mut Db) -> bool {
+    match recorder.receive(db) {
+        Ok(open) => open,
+        Err(error) => {
+            tracing::warn!(error = %error, "record a batch of accesses");
+            true
+        }
+    }
+}
+
+fn wait_and_record(init_pid: i32, mut recorder: Option<&mut Recorder>, db: &mut Db) -> String {
     let init = Pid::from_raw(init_pid);
     let mut signals = SigSet::empty();
     for signal in [
@@ -182,8 +264,26 @@ fn wait_for_init(init_pid: i32) -> String {
         }
         match &signal_fd {
             Ok(signal_fd) => {
-                let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+                let mut fds = vec![PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+                if let Some(recorder) = &recorder {
+                    fds.push(PollFd::new(recorder.pipe(), PollFlags::POLLIN));
+                }
                 let _ = poll(&mut fds, PollTimeout::NONE);
+                let batch_ready = fds
+                    .get(1)
+                    .and_then(|fd| fd.revents())
+                    .is_some_and(|events| !events.is_empty());
+                drop(fds);
+                if batch_ready {
+                    let open = recorder
+                        .as_deref_mut()
+                        .is_some_and(|recorder| receive(recorder, db));
+                    if !open {
+                        // The pipe's end: stop polling it, or poll would
+                        // return at once forever.
+                        recorder = None;
+                    }
+                }
                 while let Ok(Some(info)) = signal_fd.read_signal() {
                     if info.ssi_signo != Signal::SIGCHLD as u32 {
                         tracing::info!(

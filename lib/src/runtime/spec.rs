@@ -202,6 +202,7 @@ mod tests {
             host_interface: None,
             gateway: None,
             container_id: "worlds-00000000-web".into(),
+            track: true,
         }
     }
 

@@ -21,10 +21,15 @@
 //! `publishing` is completed instead, since the parent already has every
 //! change. Either way the command reports which.
 //!
+//! The plan's read-write conflicts come from the child's access set
+//! ([`crate::track`]): the paths it read or executed since its base. When
+//! that set has gaps, the outcome says so, since a conflict may be missed.
+//! A published merge moves the child's base and empties its access set.
+//!
 //! # Limitations
 //!
-//! - NOTE: the child's read set is empty until access tracking exists, so
-//!   no read-write conflict is found yet.
+//! - `world undo` gives the child its old base back but not the access set
+//!   that the merge emptied.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -71,6 +76,9 @@ pub struct MergeOutcome {
     /// The journal id of the merge, when it was applied.
     pub merge_id: Option<i64>,
     pub applied: bool,
+    /// Whether the child's access set has no gaps; without it, read-write
+    /// conflicts may be missed.
+    pub read_set_complete: bool,
     #[serde(flatten)]
     pub plan: Plan,
 }
@@ -155,7 +163,8 @@ impl Store {
         let parent_view = self.open_diff_snapshot(child, DiffSubject::Parent)?;
         let ours = child_view.changes(&DiffOptions::default())?;
         let theirs = parent_view.changes(&DiffOptions::default())?;
-        let reads = BTreeSet::new();
+        let access_set = self.access_set(child, None)?;
+        let reads: BTreeSet<WorldPath> = access_set.reads().cloned().collect();
         let same_data = |path: &WorldPath| {
             engine::same_data(
                 &path.under(child_view.world_root()),
@@ -177,6 +186,7 @@ impl Store {
             parent: parent.clone(),
             merge_id: None,
             applied: false,
+            read_set_complete: access_set.is_complete(),
             plan,
         };
         if options.dry_run || !outcome.plan.conflicts.is_empty() {
@@ -336,9 +346,11 @@ impl Store {
         self.crash_at(super::CrashPoint::MergePublishing);
         self.publish_base(id, child).map_err(merge_error)?;
         self.crash_at(super::CrashPoint::BeforeMergeDone);
+        let child_id = self.world(child)?.id;
         let writer = self.db.transaction()?;
         writer.set_merge_state(id, MergeState::Done)?;
         writer.set_since(child.as_str(), next)?;
+        writer.clear_accesses(child_id)?;
         writer.log(
             "merge",
             Some(parent),
@@ -455,11 +467,12 @@ impl Store {
             engine::same_data(&path.under(sibling_view.world_root()), &path.under(&now))
                 .unwrap_or(false)
         };
+        let reads: BTreeSet<WorldPath> = self.access_set(sibling, None)?.reads().cloned().collect();
         let plan = ours.map(|ours| {
             plan::build(
                 &theirs_changes,
                 &ours,
-                &BTreeSet::new(),
+                &reads,
                 &PlanOptions::default(),
                 &same_data,
             )
@@ -700,10 +713,14 @@ impl Store {
                 MergeState::RolledBack
             };
 
+            let child_id = self.db.world(&child)?.map(|world| world.id);
             let writer = self.db.transaction()?;
             writer.set_merge_state(merge.id, state)?;
             if state == MergeState::Done {
                 writer.set_since(child.as_str(), merge.next)?;
+                if let Some(child_id) = child_id {
+                    writer.clear_accesses(child_id)?;
+                }
             }
             let kind = if state == MergeState::Done {
                 "merge"

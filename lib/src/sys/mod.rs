@@ -1,12 +1,13 @@
 //! Safe wrappers around the kernel interfaces that `std` and `nix` do not
 //! cover: the btrfs subvolume ioctls, loop devices, xattrs, reflinks,
-//! path resolution beneath a directory and `_exit`.
+//! path resolution beneath a directory, fanotify and `_exit`.
 //!
 //! Every `unsafe` block of the crate lives below this module, each with a
 //! `SAFETY:` line that names the invariant it relies on.
 
 pub mod beneath;
 pub mod btrfs;
+pub mod fanotify;
 pub mod fs;
 pub mod loopdev;
 pub mod process;

@@ -1,0 +1,175 @@
+//! The reading end of access tracking, run by a world's init: it reads the
+//! fanotify group, keeps the world's own accesses and sends them to the
+//! monitor in batches.
+//!
+//! Init is pid 1 of the world's pid namespace, so the kernel gives the pid of
+//! each event in the world's numbering, and 0 for processes outside the
+//! world. Init's own reads are of `/proc`, which the group does not watch.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use super::events::{self, Event};
+use super::wire::Batch;
+use super::{now_ms, Op};
+use crate::sys::fanotify;
+
+/// How long accesses wait in init before they are sent to the monitor.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(200);
+/// The number of distinct accesses that makes a batch go at once, which
+/// bounds init's memory.
+const MAX_BATCH: usize = 4096;
+/// Size of the buffer that one read of the group fills.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// The descriptors that the monitor hands to init for tracking.
+#[derive(Debug)]
+pub struct TrackFds {
+    /// The fanotify group with its filesystem mark.
+    pub group: OwnedFd,
+    /// The write end of the pipe to the monitor.
+    pub pipe: OwnedFd,
+    /// The btrfs tree id of the world's subvolume.
+    pub root: u64,
+}
+
+/// The state of tracking in init.
+pub struct Tracer<'fds> {
+    group: BorrowedFd<'fds>,
+    pipe: File,
+    root: u64,
+    batch: Batch,
+    /// When the oldest access of the batch was read.
+    pending_since: Option<Instant>,
+    /// Command names of the batch's processes, by pid.
+    commands: HashMap<i32, String>,
+    buffer: Vec<u8>,
+    /// Set once the monitor is gone; accesses are then dropped.
+    broken: bool,
+}
+
+impl<'fds> Tracer<'fds> {
+    /// Starts tracking with the descriptors of `fds`.
+    pub fn new(fds: &'fds TrackFds) -> io::Result<Self> {
+        let pipe = File::from(fds.pipe.try_clone()?);
+        Ok(Self {
+            group: fds.group.as_fd(),
+            pipe,
+            root: fds.root,
+            batch: Batch::default(),
+            pending_since: None,
+            commands: HashMap::new(),
+            buffer: vec![0; READ_BUFFER],
+            broken: false,
+        })
+    }
+
+    /// Returns the group's descriptor, to poll for events.
+    pub fn group(&self) -> BorrowedFd<'fds> {
+        self.group
+    }
+
+    /// Returns how long init may wait before the batch is due, or `None`
+    /// when it is empty.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.pending_since
+            .map(|since| BATCH_INTERVAL.saturating_sub(since.elapsed()))
+    }
+
+    /// Reads every queued event and sends the batch when it is full.
+    pub fn read_events(&mut self) {
+        loop {
+            let count = match fanotify::read_events(self.group, &mut self.buffer) {
+                Ok(0) => return,
+                Ok(count) => count,
+                // WouldBlock: the queue is empty. Other errors leave the
+                // events queued until the next poll.
+                Err(_) => return,
+            };
+            let now = now_ms();
+            for event in events::parse(&self.buffer[..count]) {
+                self.add(event, now);
+            }
+            if self.batch.len() >= MAX_BATCH {
+                self.send();
+            }
+        }
+    }
+
+    fn add(&mut self, event: Event, now: i64) {
+        match event {
+            Event::Access {
+                mask,
+                pid,
+                dir,
+                name,
+            } if pid > 0 && dir.root == self.root => {
+                if mask & crate::sys::fanotify::EXEC_EVENTS != 0 {
+                    // exec(2) renames the process.
+                    self.commands.remove(&pid);
+                }
+                for op in Op::from_mask(mask) {
+                    let commands = &mut self.commands;
+                    self.batch.add(dir.ino, &name, op, now, pid, || match op {
+                        // The event comes before exec(2) renames the
+                        // process, so the program's file name is its
+                        // command name, as the kernel will set it.
+                        Op::Exec => command_name(&name),
+                        Op::Read | Op::Write => {
+                            commands.entry(pid).or_insert_with(|| command(pid)).clone()
+                        }
+                    });
+                }
+            }
+            Event::Overflow => self.batch.overflow(now),
+            Event::Access { .. } | Event::Other => return,
+        }
+        self.pending_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Sends the batch if it has waited [`BATCH_INTERVAL`].
+    pub fn send_if_due(&mut self) {
+        if self.timeout() == Some(Duration::ZERO) {
+            self.send();
+        }
+    }
+
+    /// Reads what is left in the queue and sends it; for the end of the
+    /// world, once its other processes are gone.
+    pub fn finish(&mut self) {
+        self.read_events();
+        self.send();
+    }
+
+    fn send(&mut self) {
+        self.pending_since = None;
+        self.commands.clear();
+        let bytes = self.batch.take_encoded();
+        if bytes.is_empty() || self.broken {
+            return;
+        }
+        // A write error means the monitor is gone; the next command
+        // records the lost batch as a gap when it cleans up after it.
+        if self.pipe.write_all(&bytes).is_err() {
+            self.broken = true;
+        }
+    }
+}
+
+/// Returns the command name that exec(2) gives a program file named
+/// `name`: its first 15 bytes (`TASK_COMM_LEN` less the NUL).
+fn command_name(name: &[u8]) -> String {
+    String::from_utf8_lossy(&name[..name.len().min(15)]).into_owned()
+}
+
+/// Returns the command name of process `pid` of the world, or `?` when it
+/// has ended. A process in the middle of exec(2) may still show its
+/// previous name.
+fn command(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|name| name.trim_end_matches('\n').to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
