@@ -400,10 +400,11 @@ fn set_up_site(env: &TestEnv) {
     }
 
     // One dpkg call orders the packages by their dependencies.
-    let install = format!(
-        "dpkg -i /{DEBS_IN_WORLD}/*_amd64.deb /{DEBS_IN_WORLD}/readline-common_*.deb \
-         /{DEBS_IN_WORLD}/site-data_1.0_all.deb"
-    );
+    let mut install = String::from("dpkg -i");
+    for package in DEBIAN_PACKAGES {
+        install.push_str(&format!(" /{DEBS_IN_WORLD}/{package}_*.deb"));
+    }
+    install.push_str(&format!(" /{DEBS_IN_WORLD}/site-data_1.0_all.deb"));
     let installed = env.world(&["exec", "Parent", "--", "sh", "-c", &install]);
     assert_eq!(installed.code, 0, "dpkg -i in Parent: {}", installed.stderr);
     env.world_ok(&[
