@@ -9,4 +9,5 @@ mod test_diff;
 mod test_failures;
 mod test_merge;
 mod test_runtime;
+mod test_scenario;
 mod test_track;

@@ -91,7 +91,11 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         count INTEGER NOT NULL
     );
-    CREATE INDEX access_gaps_world ON access_gaps(world_id);",
+    CREATE INDEX access_gaps_world ON access_gaps(world_id);
+    CREATE TABLE access_flushes (
+        world_id INTEGER PRIMARY KEY REFERENCES worlds(id),
+        time_ms INTEGER NOT NULL
+    );",
 ];
 
 /// How long a writer waits for another writer before failing.
@@ -388,6 +392,19 @@ impl Db {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Returns when world `world_id`'s init last sent every access it had
+    /// read, on request, in milliseconds since the Unix epoch.
+    pub fn access_flush_time(&self, world_id: i64) -> Result<Option<i64>> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT time_ms FROM access_flushes WHERE world_id = ?1",
+                [world_id],
+                |row| row.get(0),
+            )
+            .optional()?)
     }
 
     /// Returns the time of operation `id` of the log, if it exists.
@@ -733,6 +750,25 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Moves the writes of path `from` in world `world_id`'s access set to
+    /// path `to`, merging them with writes recorded there.
+    pub fn move_writes(&self, world_id: i64, from: &[u8], to: &[u8]) -> Result<()> {
+        self.transaction.execute(
+            "INSERT INTO accesses (world_id, path, op, first_ms, last_ms, pid, command)
+             SELECT world_id, ?3, op, first_ms, last_ms, pid, command FROM accesses
+             WHERE world_id = ?1 AND path = ?2 AND op = 2
+             ON CONFLICT (world_id, path, op) DO UPDATE SET
+                 first_ms = min(first_ms, excluded.first_ms),
+                 last_ms = max(last_ms, excluded.last_ms)",
+            params![world_id, from, to],
+        )?;
+        self.transaction.execute(
+            "DELETE FROM accesses WHERE world_id = ?1 AND path = ?2 AND op = 2",
+            params![world_id, from],
+        )?;
+        Ok(())
+    }
+
     /// Records that world `world_id`'s access set missed `count` events
     /// (or runs, or paths) at `time_ms`, for `reason`.
     pub fn add_access_gap(
@@ -749,12 +785,24 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Records that world `world_id`'s init sent every access it had read
+    /// at `time_ms`.
+    pub fn set_access_flush(&self, world_id: i64, time_ms: i64) -> Result<()> {
+        self.transaction.execute(
+            "INSERT OR REPLACE INTO access_flushes (world_id, time_ms) VALUES (?1, ?2)",
+            params![world_id, time_ms],
+        )?;
+        Ok(())
+    }
+
     /// Empties world `world_id`'s access set and its gaps.
     pub fn clear_accesses(&self, world_id: i64) -> Result<()> {
         self.transaction
             .execute("DELETE FROM accesses WHERE world_id = ?1", [world_id])?;
         self.transaction
             .execute("DELETE FROM access_gaps WHERE world_id = ?1", [world_id])?;
+        self.transaction
+            .execute("DELETE FROM access_flushes WHERE world_id = ?1", [world_id])?;
         Ok(())
     }
 

@@ -143,6 +143,12 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         }
     }
     out.flush()?;
+    if !set.up_to_date {
+        ui::warning(format_args!(
+            "world `{}` runs but did not send its latest accesses (is it frozen?); they are missing here",
+            args.name
+        ));
+    }
     warn_incomplete(&args.name, &set.gaps);
     Ok(ui::EXIT_OK)
 }

@@ -32,6 +32,10 @@ use crate::track::tracer::{Tracer, TrackFds};
 /// How often init checks, while stopping, whether processes are left.
 const STOP_POLL_MS: u16 = 20;
 
+/// The signal that makes init send every access it has read at once
+/// ([`crate::track`]).
+pub const FLUSH_SIGNAL: Signal = Signal::SIGUSR1;
+
 /// Signals that stop the world: SIGTERM from `world stop`, SIGINT and
 /// SIGPWR as other inits take them.
 const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGPWR];
@@ -72,6 +76,7 @@ pub fn run(tracking: Option<&TrackFds>) -> ! {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGCHLD);
     signals.add(Signal::SIGHUP);
+    signals.add(FLUSH_SIGNAL);
     for stop in STOP_SIGNALS {
         signals.add(stop);
     }
@@ -113,6 +118,11 @@ pub fn run(tracking: Option<&TrackFds>) -> ! {
             let stop = STOP_SIGNALS
                 .iter()
                 .any(|signal| *signal as u32 == info.ssi_signo);
+            if info.ssi_signo == FLUSH_SIGNAL as u32 {
+                if let Some(tracer) = &mut tracer {
+                    tracer.flush();
+                }
+            }
             if stop && !stopping {
                 stopping = true;
                 // pid -1 reaches every process of the namespace but init.

@@ -186,7 +186,7 @@ impl Store {
             parent: parent.clone(),
             merge_id: None,
             applied: false,
-            read_set_complete: access_set.is_complete(),
+            read_set_complete: access_set.is_complete() && access_set.up_to_date,
             plan,
         };
         if options.dry_run || !outcome.plan.conflicts.is_empty() {

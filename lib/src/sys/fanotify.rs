@@ -19,6 +19,8 @@ pub const READ_EVENTS: u64 = libc::FAN_ACCESS | libc::FAN_CLOSE_NOWRITE;
 pub const WRITE_EVENTS: u64 = libc::FAN_MODIFY;
 /// Events of a file being opened to be run as a program.
 pub const EXEC_EVENTS: u64 = libc::FAN_OPEN_EXEC;
+/// Events of an entry being renamed, with its old and new name.
+pub const RENAME_EVENTS: u64 = libc::FAN_RENAME;
 /// The flag of the event that reports a queue overflow: the kernel dropped
 /// events.
 pub const QUEUE_OVERFLOW: u64 = libc::FAN_Q_OVERFLOW;
@@ -44,7 +46,9 @@ pub fn watch_filesystem(path: &Path) -> io::Result<OwnedFd> {
 
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mask = READ_EVENTS | WRITE_EVENTS | EXEC_EVENTS;
+    // FAN_ONDIR adds directories' events, which renames of directories
+    // need.
+    let mask = READ_EVENTS | WRITE_EVENTS | EXEC_EVENTS | RENAME_EVENTS | libc::FAN_ONDIR;
     // SAFETY: `group` is a live fanotify descriptor and `path` a
     // NUL-terminated string that outlives the call.
     let marked = unsafe {

@@ -12,6 +12,9 @@
 const BTRFS_HANDLE_TYPES: [i32; 3] = [0x4d, 0x4e, 0x4f];
 /// The information record of a directory handle and an entry name.
 const INFO_DFID_NAME: u8 = 2;
+/// The records of a rename's old and new directory handle and entry name.
+const INFO_OLD_DFID_NAME: u8 = 10;
+const INFO_NEW_DFID_NAME: u8 = 12;
 /// Size of `struct fanotify_event_metadata`.
 const METADATA_LEN: usize = 24;
 /// Size of an information record's header plus its fsid.
@@ -37,6 +40,14 @@ pub enum Event {
         pid: i32,
         dir: Inode,
         name: Vec<u8>,
+    },
+    /// A rename of entry `from` to `to` by process `pid`, numbered as for
+    /// [`Event::Access`]; `is_dir` when a directory moved.
+    Rename {
+        pid: i32,
+        from: (Inode, Vec<u8>),
+        to: (Inode, Vec<u8>),
+        is_dir: bool,
     },
     /// The queue overflowed and the kernel dropped events.
     Overflow,
@@ -69,27 +80,44 @@ pub fn parse(buffer: &[u8]) -> Vec<Event> {
     events
 }
 
-/// Parses the information records of an access event.
+/// Parses the information records of an access or rename event.
 fn parse_access(mask: u64, pid: i32, mut records: &[u8]) -> Event {
+    let (mut entry, mut old, mut new) = (None, None, None);
     while records.len() >= FID_HEADER_LEN {
         let info_type = records[0];
         let len = u16::from_ne_bytes([records[2], records[3]]) as usize;
         if len < FID_HEADER_LEN || len > records.len() {
             break;
         }
-        if info_type == INFO_DFID_NAME {
-            if let Some((dir, name)) = parse_dfid_name(&records[FID_HEADER_LEN..len]) {
-                return Event::Access {
-                    mask,
-                    pid,
-                    dir,
-                    name,
-                };
-            }
+        let parsed = parse_dfid_name(&records[FID_HEADER_LEN..len]);
+        match info_type {
+            INFO_DFID_NAME => entry = parsed,
+            INFO_OLD_DFID_NAME => old = parsed,
+            INFO_NEW_DFID_NAME => new = parsed,
+            _ => {}
         }
         records = &records[len..];
     }
-    Event::Other
+    if mask & libc::FAN_RENAME != 0 {
+        return match (old, new) {
+            (Some(from), Some(to)) => Event::Rename {
+                pid,
+                from,
+                to,
+                is_dir: mask & libc::FAN_ONDIR != 0,
+            },
+            _ => Event::Other,
+        };
+    }
+    match entry {
+        Some((dir, name)) => Event::Access {
+            mask,
+            pid,
+            dir,
+            name,
+        },
+        None => Event::Other,
+    }
 }
 
 /// Parses a `struct file_handle` followed by a NUL-terminated name.
@@ -122,11 +150,16 @@ pub(crate) mod tests {
 
     /// Builds the bytes of one access event as the kernel lays them out.
     pub(crate) fn access_bytes(mask: u64, pid: i32, dir: Inode, name: &[u8]) -> Vec<u8> {
+        metadata(mask, pid, record(INFO_DFID_NAME, dir, name))
+    }
+
+    /// Builds one directory handle and name record.
+    fn record(info_type: u8, dir: Inode, name: &[u8]) -> Vec<u8> {
         let mut handle = Vec::new();
         handle.extend_from_slice(&dir.ino.to_ne_bytes());
         handle.extend_from_slice(&dir.root.to_ne_bytes());
         handle.extend_from_slice(&7u32.to_ne_bytes());
-        let mut record = vec![INFO_DFID_NAME, 0, 0, 0];
+        let mut record = vec![info_type, 0, 0, 0];
         record.extend_from_slice(&[0; 8]);
         record.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
         record.extend_from_slice(&0x4di32.to_ne_bytes());
@@ -138,7 +171,7 @@ pub(crate) mod tests {
         }
         let record_len = record.len() as u16;
         record[2..4].copy_from_slice(&record_len.to_ne_bytes());
-        metadata(mask, pid, record)
+        record
     }
 
     fn metadata(mask: u64, pid: i32, records: Vec<u8>) -> Vec<u8> {
@@ -187,6 +220,31 @@ pub(crate) mod tests {
                     name: b"name\nwith newline".to_vec()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn rename_event_parsed() {
+        let from = Inode {
+            ino: 300,
+            root: 260,
+        };
+        let to = Inode {
+            ino: 301,
+            root: 260,
+        };
+        let mut records = record(INFO_OLD_DFID_NAME, from, b"x.tmp");
+        records.extend(record(INFO_NEW_DFID_NAME, to, b"x"));
+        let buffer = metadata(libc::FAN_RENAME, 9, records);
+
+        assert_eq!(
+            parse(&buffer),
+            [Event::Rename {
+                pid: 9,
+                from: (from, b"x.tmp".to_vec()),
+                to: (to, b"x".to_vec()),
+                is_dir: false
+            }]
         );
     }
 

@@ -20,6 +20,8 @@
 //!   [`tracer::BATCH_INTERVAL`] ([`wire`]). The monitor turns each
 //!   directory inode into a path with one btrfs lookup, cached, and writes
 //!   the batch to the database in one transaction ([`recorder`]).
+//! - Renames are recorded too: a write moves with the file it wrote, and a
+//!   directory rename makes the monitor look directory paths up again.
 //! - READ is a read of a file's data or the close of a file opened only for
 //!   reading (a program may read through `mmap` without a read event);
 //!   WRITE is a change of a file's data or size; EXEC is an open to run it.
@@ -33,9 +35,10 @@
 //!
 //! # Limitations
 //!
-//! - Paths are the names at the time of the access: a file written as
-//!   `x.tmp` and then renamed to `x` appears as `x.tmp`. The diff shows the
-//!   final names.
+//! - Reads and execs keep the name a file had when it was accessed. Writes
+//!   follow a rename of the file (a file written as `x.tmp` and renamed to
+//!   `x` shows as a write of `x`), but not of a directory above it, nor a
+//!   rename after the world stopped.
 //! - Every running world's group gets the events of the whole pool and
 //!   drops the others' in its init, so each running world adds work to
 //!   every access on the pool.
@@ -51,12 +54,14 @@ pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
 use crate::db::{AccessRow, DbError};
 use crate::name::WorldName;
 use crate::path::WorldPath;
+use crate::runtime::RunState;
 use crate::store::{Store, StoreError};
 
 /// An operation on a file that the access set records.
@@ -187,6 +192,9 @@ pub struct Gap {
 pub struct AccessSet {
     pub paths: BTreeMap<WorldPath, Vec<Access>>,
     pub gaps: Vec<Gap>,
+    /// False when the world runs and its init did not send its latest
+    /// accesses in time (because the world is frozen, for example).
+    pub up_to_date: bool,
 }
 
 impl AccessSet {
@@ -235,9 +243,19 @@ impl AccessSet {
                 })
             })
             .collect();
-        Self { paths, gaps }
+        Self {
+            paths,
+            gaps,
+            up_to_date: true,
+        }
     }
 }
+
+/// How long [`Store::access_set`] waits for a running world's init to send
+/// the accesses it has read.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often it checks whether they arrived.
+const FLUSH_POLL: Duration = Duration::from_millis(5);
 
 fn timestamp(milliseconds: i64) -> Timestamp {
     Timestamp::from_millisecond(milliseconds).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -250,13 +268,16 @@ pub(crate) fn now_ms() -> i64 {
 
 impl Store {
     /// Returns the access set of world `name` since its base, or only the
-    /// accesses last seen at or after operation `since` of the log.
+    /// accesses last seen at or after operation `since` of the log. For a
+    /// running world it first asks init to send what it has read, so the
+    /// set includes every access made before the call.
     pub fn access_set(
         &self,
         name: &WorldName,
         since: Option<i64>,
     ) -> Result<AccessSet, StoreError> {
         let world = self.world(name)?;
+        let up_to_date = self.flush_accesses(name, world.id)?;
         let since_ms = match since {
             None => i64::MIN,
             Some(id) => self
@@ -267,7 +288,42 @@ impl Store {
         };
         let rows = self.db().accesses(world.id, since_ms)?;
         let gaps = self.db().access_gaps(world.id, since_ms)?;
-        Ok(AccessSet::from_rows(rows, gaps))
+        let mut set = AccessSet::from_rows(rows, gaps);
+        set.up_to_date = up_to_date;
+        Ok(set)
+    }
+
+    /// Makes the init of world `name`, if it runs with tracking, send every
+    /// access it has read, and waits until the monitor has written them.
+    /// Returns false when that did not happen within [`FLUSH_TIMEOUT`].
+    fn flush_accesses(&self, name: &WorldName, world_id: i64) -> Result<bool, StoreError> {
+        let status = self.status(name).map_err(|source| StoreError::RunState {
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
+        let (Some(init_pid), Some(run)) = (status.init_pid, status.run) else {
+            return Ok(true);
+        };
+        if !run.track {
+            return Ok(true);
+        }
+        if status.state == RunState::Frozen {
+            return Ok(false);
+        }
+
+        let requested = now_ms();
+        let init = nix::unistd::Pid::from_raw(init_pid);
+        if nix::sys::signal::kill(init, crate::runtime::init::FLUSH_SIGNAL).is_err() {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.db().access_flush_time(world_id)? >= Some(requested) {
+                return Ok(true);
+            }
+            std::thread::sleep(FLUSH_POLL);
+        }
+        Ok(false)
     }
 
     /// Records a gap in world `name`'s access set now.

@@ -91,9 +91,21 @@ impl Recorder {
     fn write(&mut self, messages: Vec<Message>, db: &mut Db) -> Result<(), DbError> {
         let mut rows = Vec::with_capacity(messages.len());
         let mut overflows = Vec::new();
+        let mut renames = Vec::new();
+        let mut flushed = None;
         let mut unresolved = 0;
         for message in messages {
             match message {
+                // Renames come first in a batch and name paths before the
+                // batch's own directory renames are applied.
+                Message::Rename { from, to } => match (self.resolve(from.0), self.resolve(to.0)) {
+                    (Some(from_dir), Some(to_dir)) => renames.push((
+                        from_dir.join(&from.1).as_bytes().to_vec(),
+                        to_dir.join(&to.1).as_bytes().to_vec(),
+                    )),
+                    _ => unresolved += 1,
+                },
+                Message::DirRename => self.dirs.clear(),
                 Message::Access {
                     dir,
                     name,
@@ -114,10 +126,14 @@ impl Recorder {
                     });
                 }
                 Message::Overflow { time_ms } => overflows.push(time_ms),
+                Message::Flushed { time_ms } => flushed = Some(time_ms),
             }
         }
 
         let writer = db.transaction()?;
+        for (from, to) in &renames {
+            writer.move_writes(self.world_id, from, to)?;
+        }
         writer.record_accesses(self.world_id, &rows)?;
         for time_ms in &overflows {
             writer.add_access_gap(
@@ -134,6 +150,9 @@ impl Recorder {
                 GapReason::Unresolved.as_str(),
                 unresolved,
             )?;
+        }
+        if let Some(time_ms) = flushed {
+            writer.set_access_flush(self.world_id, time_ms)?;
         }
         writer.commit()?;
         tracing::trace!(

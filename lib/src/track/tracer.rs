@@ -106,7 +106,7 @@ impl<'fds> Tracer<'fds> {
                 pid,
                 dir,
                 name,
-            } if pid > 0 && dir.root == self.root => {
+            } if pid > 0 && dir.root == self.root && mask & libc::FAN_ONDIR == 0 => {
                 if mask & crate::sys::fanotify::EXEC_EVENTS != 0 {
                     // exec(2) renames the process.
                     self.commands.remove(&pid);
@@ -124,8 +124,20 @@ impl<'fds> Tracer<'fds> {
                     });
                 }
             }
+            Event::Rename {
+                pid,
+                from,
+                to,
+                is_dir,
+            } if pid > 0 && from.0.root == self.root && to.0.root == self.root => {
+                if is_dir {
+                    self.batch.dir_rename();
+                } else {
+                    self.batch.rename((from.0.ino, &from.1), (to.0.ino, &to.1));
+                }
+            }
             Event::Overflow => self.batch.overflow(now),
-            Event::Access { .. } | Event::Other => return,
+            Event::Access { .. } | Event::Rename { .. } | Event::Other => return,
         }
         self.pending_since.get_or_insert_with(Instant::now);
     }
@@ -135,6 +147,16 @@ impl<'fds> Tracer<'fds> {
         if self.timeout() == Some(Duration::ZERO) {
             self.send();
         }
+    }
+
+    /// Reads every queued event and sends the batch at once, marked as
+    /// complete up to now, so that a command that asked for it can read an
+    /// up-to-date access set.
+    pub fn flush(&mut self) {
+        let now = now_ms();
+        self.read_events();
+        self.batch.flushed(now);
+        self.send();
     }
 
     /// Reads what is left in the queue and sends it; for the end of the

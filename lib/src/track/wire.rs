@@ -12,10 +12,15 @@ use super::Op;
 
 const TAG_ACCESS: u8 = b'A';
 const TAG_OVERFLOW: u8 = b'O';
+const TAG_RENAME: u8 = b'R';
+const TAG_DIR_RENAME: u8 = b'D';
+const TAG_FLUSHED: u8 = b'F';
 /// Tag, op, directory, first and last time, pid, command length, name
 /// length.
 const ACCESS_FIXED_LEN: usize = 1 + 1 + 8 + 8 + 8 + 4 + 1 + 2;
 const OVERFLOW_LEN: usize = 1 + 8;
+/// Tag, old and new directory, old and new name length.
+const RENAME_FIXED_LEN: usize = 1 + 8 + 8 + 2 + 2;
 
 /// The first and last sighting of an operation on one entry, and the
 /// process that did it first.
@@ -30,6 +35,9 @@ pub struct Sighting {
     pub command: String,
 }
 
+/// An entry of a directory: the directory's inode number and the name.
+pub type Entry = (u64, Vec<u8>);
+
 /// A message from init to the monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -42,6 +50,14 @@ pub enum Message {
     },
     /// The kernel dropped events at `time_ms`.
     Overflow { time_ms: i64 },
+    /// A file was renamed: what was written under the old name belongs to
+    /// the new one.
+    Rename { from: Entry, to: Entry },
+    /// A directory was renamed, so paths of directories looked up before
+    /// may be stale.
+    DirRename,
+    /// Every access that happened before `time_ms` has been sent.
+    Flushed { time_ms: i64 },
 }
 
 /// Accesses gathered since the last send, each operation on each entry
@@ -53,6 +69,11 @@ pub struct Batch {
     accesses: HashMap<(u64, Op), HashMap<Vec<u8>, Sighting>>,
     count: usize,
     overflows: Vec<i64>,
+    /// Renames, in the order they happened: file renames, and `None` for
+    /// a directory rename.
+    renames: Vec<Option<(Entry, Entry)>>,
+    /// Set when the batch answers a request to send every access.
+    flushed: Option<i64>,
 }
 
 impl Batch {
@@ -84,6 +105,41 @@ impl Batch {
         );
     }
 
+    /// Records that file `from` was renamed to `to`: its writes in this
+    /// batch move to the new name, and the monitor moves older ones.
+    pub fn rename(&mut self, from: (u64, &[u8]), to: (u64, &[u8])) {
+        let moved = self
+            .accesses
+            .get_mut(&(from.0, Op::Write))
+            .and_then(|entries| entries.remove(from.1));
+        if let Some(moved) = moved {
+            self.count -= 1;
+            let entries = self.accesses.entry((to.0, Op::Write)).or_default();
+            match entries.get_mut(to.1) {
+                Some(seen) => {
+                    seen.first_ms = seen.first_ms.min(moved.first_ms);
+                    seen.last_ms = seen.last_ms.max(moved.last_ms);
+                }
+                None => {
+                    self.count += 1;
+                    entries.insert(to.1.to_vec(), moved);
+                }
+            }
+        }
+        self.renames
+            .push(Some(((from.0, from.1.to_vec()), (to.0, to.1.to_vec()))));
+    }
+
+    /// Marks the batch as holding every access read up to `now_ms`.
+    pub fn flushed(&mut self, now_ms: i64) {
+        self.flushed = Some(now_ms);
+    }
+
+    /// Records that a directory was renamed.
+    pub fn dir_rename(&mut self) {
+        self.renames.push(None);
+    }
+
     /// Records that the kernel dropped events at `now_ms`.
     pub fn overflow(&mut self, now_ms: i64) {
         self.overflows.push(now_ms);
@@ -91,19 +147,35 @@ impl Batch {
 
     /// Returns the number of distinct accesses gathered.
     pub fn len(&self) -> usize {
-        self.count + self.overflows.len()
+        self.count + self.overflows.len() + self.renames.len() + usize::from(self.flushed.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Encodes the batch into messages and empties it.
+    /// Encodes the batch into messages and empties it. Renames come before
+    /// accesses, since the accesses of the batch already carry new names.
     pub fn take_encoded(&mut self) -> Vec<u8> {
         let mut bytes = Vec::new();
         for time_ms in self.overflows.drain(..) {
             bytes.push(TAG_OVERFLOW);
             bytes.extend_from_slice(&time_ms.to_ne_bytes());
+        }
+        for rename in self.renames.drain(..) {
+            let Some(((from_dir, from_name), (to_dir, to_name))) = rename else {
+                bytes.push(TAG_DIR_RENAME);
+                continue;
+            };
+            let from_name = truncate(&from_name, u16::MAX as usize);
+            let to_name = truncate(&to_name, u16::MAX as usize);
+            bytes.push(TAG_RENAME);
+            bytes.extend_from_slice(&from_dir.to_ne_bytes());
+            bytes.extend_from_slice(&to_dir.to_ne_bytes());
+            bytes.extend_from_slice(&(from_name.len() as u16).to_ne_bytes());
+            bytes.extend_from_slice(&(to_name.len() as u16).to_ne_bytes());
+            bytes.extend_from_slice(from_name);
+            bytes.extend_from_slice(to_name);
         }
         self.count = 0;
         let accesses = self.accesses.drain().flat_map(|((dir, op), entries)| {
@@ -124,6 +196,10 @@ impl Batch {
             bytes.extend_from_slice(&(name.len() as u16).to_ne_bytes());
             bytes.extend_from_slice(command);
             bytes.extend_from_slice(name);
+        }
+        if let Some(time_ms) = self.flushed.take() {
+            bytes.push(TAG_FLUSHED);
+            bytes.extend_from_slice(&time_ms.to_ne_bytes());
         }
         bytes
     }
@@ -179,6 +255,32 @@ fn decode(bytes: &[u8]) -> Result<Option<(Message, usize)>, Malformed> {
     };
     let i64_at = |offset: usize| i64::from_ne_bytes(bytes[offset..offset + 8].try_into().unwrap());
     match tag {
+        TAG_DIR_RENAME => Ok(Some((Message::DirRename, 1))),
+        TAG_FLUSHED => {
+            if bytes.len() < 9 {
+                return Ok(None);
+            }
+            Ok(Some((Message::Flushed { time_ms: i64_at(1) }, 9)))
+        }
+        TAG_RENAME => {
+            if bytes.len() < RENAME_FIXED_LEN {
+                return Ok(None);
+            }
+            let from_dir = u64::from_ne_bytes(bytes[1..9].try_into().unwrap());
+            let to_dir = u64::from_ne_bytes(bytes[9..17].try_into().unwrap());
+            let from_len = u16::from_ne_bytes([bytes[17], bytes[18]]) as usize;
+            let to_len = u16::from_ne_bytes([bytes[19], bytes[20]]) as usize;
+            let len = RENAME_FIXED_LEN + from_len + to_len;
+            if bytes.len() < len {
+                return Ok(None);
+            }
+            let names = &bytes[RENAME_FIXED_LEN..len];
+            let message = Message::Rename {
+                from: (from_dir, names[..from_len].to_vec()),
+                to: (to_dir, names[from_len..].to_vec()),
+            };
+            Ok(Some((message, len)))
+        }
         TAG_OVERFLOW => {
             if bytes.len() < OVERFLOW_LEN {
                 return Ok(None);
@@ -264,6 +366,45 @@ mod tests {
                 }
             }));
         }
+    }
+
+    #[test]
+    fn rename_moves_writes_of_the_batch() {
+        let mut batch = Batch::default();
+        batch.add(256, b"x.tmp", Op::Write, 10, 7, || "patch".into());
+        batch.add(256, b"x.tmp", Op::Read, 11, 7, || "patch".into());
+        batch.rename((256, b"x.tmp"), (256, b"x"));
+        batch.dir_rename();
+        batch.add(256, b"x.tmp", Op::Write, 12, 7, || "patch".into());
+
+        let mut decoder = Decoder::default();
+        decoder.push(&batch.take_encoded());
+        let messages = decoder.messages().unwrap();
+
+        assert_eq!(
+            messages[0],
+            Message::Rename {
+                from: (256, b"x.tmp".to_vec()),
+                to: (256, b"x".to_vec())
+            }
+        );
+        assert_eq!(messages[1], Message::DirRename);
+        let mut accesses: Vec<(Vec<u8>, Op)> = messages[2..]
+            .iter()
+            .map(|message| match message {
+                Message::Access { name, op, .. } => (name.clone(), *op),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        accesses.sort();
+        assert_eq!(
+            accesses,
+            [
+                (b"x".to_vec(), Op::Write),
+                (b"x.tmp".to_vec(), Op::Read),
+                (b"x.tmp".to_vec(), Op::Write)
+            ]
+        );
     }
 
     #[test]
