@@ -102,8 +102,8 @@ pub fn run(tracking: Option<&TrackFds>) -> ! {
             PollTimeout::try_from(wait.as_millis() as u64 + 1).unwrap_or(PollTimeout::MAX)
         });
         let mut fds = vec![PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
-        if let Some(tracer) = &tracer {
-            fds.push(PollFd::new(tracer.group(), PollFlags::POLLIN));
+        if let Some(group) = tracer.as_ref().and_then(Tracer::group) {
+            fds.push(PollFd::new(group, PollFlags::POLLIN));
         }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -111,8 +111,7 @@ pub fn run(tracking: Option<&TrackFds>) -> ! {
         }
         drop(fds);
         if let Some(tracer) = &mut tracer {
-            tracer.read_events();
-            tracer.send_if_due();
+            tracer.poll_events();
         }
         while let Ok(Some(info)) = signal_fd.read_signal() {
             let stop = STOP_SIGNALS

@@ -42,6 +42,10 @@
 //! - Every running world's group gets the events of the whole pool and
 //!   drops the others' in its init, so each running world adds work to
 //!   every access on the pool.
+//! - A frozen world's init reads no events, while the kernel keeps queueing
+//!   the pool's: heavy work on the pool meanwhile, such as a large merge
+//!   into the frozen world, can overflow the queue, which then shows as a
+//!   gap although the world itself did nothing.
 //! - Tracking needs the pool's top-level subvolume mounted at the store's
 //!   pool directory: always true for an image pool, and for a direct pool
 //!   only when the store directory is in the top-level subvolume. Elsewhere

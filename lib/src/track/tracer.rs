@@ -19,6 +19,10 @@ use crate::sys::fanotify;
 
 /// How long accesses wait in init before they are sent to the monitor.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(200);
+/// The pause between two reads of the group. Events left in the kernel's
+/// queue meanwhile merge there (a file's reads and its close become one
+/// event), and init wakes once per pause instead of once per event.
+const READ_PAUSE: Duration = Duration::from_millis(50);
 /// The number of distinct accesses that makes a batch go at once, which
 /// bounds init's memory.
 const MAX_BATCH: usize = 4096;
@@ -49,6 +53,8 @@ pub struct Tracer<'fds> {
     buffer: Vec<u8>,
     /// Set once the monitor is gone; accesses are then dropped.
     broken: bool,
+    /// When the group was last read.
+    last_read: Instant,
 }
 
 impl<'fds> Tracer<'fds> {
@@ -64,23 +70,46 @@ impl<'fds> Tracer<'fds> {
             commands: HashMap::new(),
             buffer: vec![0; READ_BUFFER],
             broken: false,
+            last_read: Instant::now(),
         })
     }
 
-    /// Returns the group's descriptor, to poll for events.
-    pub fn group(&self) -> BorrowedFd<'fds> {
-        self.group
+    /// Returns the group's descriptor to poll for events, or `None` while
+    /// reading pauses.
+    pub fn group(&self) -> Option<BorrowedFd<'fds>> {
+        (self.last_read.elapsed() >= READ_PAUSE).then_some(self.group)
     }
 
-    /// Returns how long init may wait before the batch is due, or `None`
-    /// when it is empty.
+    /// Returns how long init may wait before the batch is due or the pause
+    /// ends, or `None` when it may wait for events.
     pub fn timeout(&self) -> Option<Duration> {
-        self.pending_since
-            .map(|since| BATCH_INTERVAL.saturating_sub(since.elapsed()))
+        let batch = self
+            .pending_since
+            .map(|since| BATCH_INTERVAL.saturating_sub(since.elapsed()));
+        let pause = READ_PAUSE.checked_sub(self.last_read.elapsed());
+        match (batch, pause) {
+            (Some(batch), Some(pause)) => Some(batch.min(pause)),
+            (batch, pause) => batch.or(pause),
+        }
+    }
+
+    /// Reads the queued events unless reading pauses, and sends the batch
+    /// when it is due.
+    pub fn poll_events(&mut self) {
+        if self.last_read.elapsed() >= READ_PAUSE {
+            self.read_events();
+        }
+        if self
+            .pending_since
+            .is_some_and(|since| since.elapsed() >= BATCH_INTERVAL)
+        {
+            self.send();
+        }
     }
 
     /// Reads every queued event and sends the batch when it is full.
-    pub fn read_events(&mut self) {
+    fn read_events(&mut self) {
+        self.last_read = Instant::now();
         loop {
             let count = match fanotify::read_events(self.group, &mut self.buffer) {
                 Ok(0) => return,
@@ -140,13 +169,6 @@ impl<'fds> Tracer<'fds> {
             Event::Access { .. } | Event::Rename { .. } | Event::Other => return,
         }
         self.pending_since.get_or_insert_with(Instant::now);
-    }
-
-    /// Sends the batch if it has waited [`BATCH_INTERVAL`].
-    pub fn send_if_due(&mut self) {
-        if self.timeout() == Some(Duration::ZERO) {
-            self.send();
-        }
     }
 
     /// Reads every queued event and sends the batch at once, marked as
