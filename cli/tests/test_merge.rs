@@ -76,7 +76,7 @@ fn conflict_refuses_with_exit_1() {
     assert_eq!(refused.code, 1);
     assert_eq!(
         refused.stdout,
-        "conflict write-write /etc/app.conf: child modified /etc/app.conf, parent modified /etc/app.conf\n"
+        "conflict write-write /etc/app.conf: child modified it, parent modified it\n"
     );
     assert!(refused
         .stderr

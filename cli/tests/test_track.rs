@@ -242,9 +242,9 @@ fn read_write_conflict_from_the_set() {
     let blocked = env.world(&["merge", "web"]);
     assert_eq!(blocked.code, 1, "{}", blocked.stderr);
     assert!(
-        blocked.stdout.contains(
-            "conflict read-write /srv/data/a: child read it, parent modified /srv/data/a"
-        ),
+        blocked
+            .stdout
+            .contains("conflict read-write /srv/data/a: child read it, parent modified it"),
         "{}",
         blocked.stdout
     );

@@ -172,7 +172,12 @@ pub fn describe_conflict(conflict: &Conflict) -> String {
         worlds::merge::plan::ConflictKind::ReadWrite => "read-write",
         worlds::merge::plan::ConflictKind::Structural => "structural",
     };
+    // A side names its path only where it differs from the conflict's,
+    // as in a structural conflict.
     let side = |change: &Option<worlds::diff::Change>| match change {
+        Some(change) if change.path == conflict.path => {
+            format!("{} it", change_word(change.kind))
+        }
         Some(change) => format!(
             "{} {}",
             change_word(change.kind),

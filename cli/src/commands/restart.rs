@@ -8,6 +8,10 @@ use super::Context;
 use crate::ui;
 
 /// Stops a world if it runs, then starts it again.
+///
+/// A running world comes back with the network, limits and tracking of the
+/// run that was stopped, unless options here replace them; a stopped one
+/// starts as `world start` starts it.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The world to restart.
@@ -25,7 +29,12 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         message: format!("`{}` is not a number of seconds", args.time),
         hint: Some("give --time a number such as 10 or 0.5".into()),
     })?;
-    let options = args.start.options(context)?;
+    let mut options = args.start.options(context)?;
+    if let Some(run) = store.status(&args.name)?.run {
+        options.network = options.network.or(Some(run.network));
+        options.limits = run.limits.overridden_by(options.limits);
+        options.track = options.track.or(Some(run.track));
+    }
 
     store.stop(&args.name, grace)?;
     store.start(&args.name, &options)?;
