@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what worlds needs on Debian 12, builds it, and walks through the
 # main job on the built-in busybox root. It makes a root world, sprouts a
-# child, changes files in the child, shows the diff, merges the child into
-# its parent and takes the merge back.
+# child, changes files in the running child, shows what the child read and
+# wrote and the diff, merges the child into its parent and takes the merge
+# back.
 #
 # Usage: scripts/demo.sh [--keep]
 #   --keep  leave the demo store in place (it is removed by default)
@@ -46,9 +47,11 @@ step "$world" init demo --busybox --pool-size 2G
 step "$world" create demo-child demo
 step "$world" create demo-grandchild demo-child
 
-root=$("$world" show demo-child --json | sed -n 's/^  "path": "\(.*\)",$/\1/p')
-printf '\n# change files in the child\n'
-step sh -c "echo 'hello from the child world' > '$root/etc/motd' && echo 'guest:x:1000:1000::/home/guest:/bin/sh' >> '$root/etc/passwd'"
+printf '\n# change files in the running child; worlds records what it reads, writes and runs\n'
+step "$world" start demo-child --network none
+step "$world" exec demo-child -- sh -c "echo 'hello from the child world' > /etc/motd && echo 'guest:x:1000:1000::/home/guest:/bin/sh' >> /etc/passwd && grep -c : /etc/group"
+step "$world" set demo-child
+step "$world" stop demo-child
 step "$world" diff demo-child
 step "$world" diff --patch demo-child
 printf '\n# the parent is untouched until the merge\n'

@@ -109,9 +109,13 @@ pub fn run(tracking: Option<&TrackFds>) -> ! {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => exit_now(1),
         }
+        let group_readable = fds
+            .get(1)
+            .and_then(|fd| fd.revents())
+            .is_some_and(|events| !events.is_empty());
         drop(fds);
         if let Some(tracer) = &mut tracer {
-            tracer.poll_events();
+            tracer.poll_events(group_readable);
         }
         while let Ok(Some(info)) = signal_fd.read_signal() {
             let stop = STOP_SIGNALS

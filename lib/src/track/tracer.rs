@@ -4,7 +4,10 @@
 //!
 //! Init is pid 1 of the world's pid namespace, so the kernel gives the pid of
 //! each event in the world's numbering, and 0 for processes outside the
-//! world. Init's own reads are of `/proc`, which the group does not watch.
+//! world. Events of pid 1 are dropped too: they come from libcontainer's
+//! setup of the container before init runs (it reads `/etc/passwd` for
+//! `HOME`), and init itself reads only `/proc`, which the group does not
+//! watch.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -93,10 +96,10 @@ impl<'fds> Tracer<'fds> {
         }
     }
 
-    /// Reads the queued events unless reading pauses, and sends the batch
-    /// when it is due.
-    pub fn poll_events(&mut self) {
-        if self.last_read.elapsed() >= READ_PAUSE {
+    /// Reads the queued events when poll found the group `readable`, and
+    /// sends the batch when it is due.
+    pub fn poll_events(&mut self, readable: bool) {
+        if readable {
             self.read_events();
         }
         if self
@@ -135,7 +138,7 @@ impl<'fds> Tracer<'fds> {
                 pid,
                 dir,
                 name,
-            } if pid > 0 && dir.root == self.root && mask & libc::FAN_ONDIR == 0 => {
+            } if pid > 1 && dir.root == self.root && mask & libc::FAN_ONDIR == 0 => {
                 if mask & crate::sys::fanotify::EXEC_EVENTS != 0 {
                     // exec(2) renames the process.
                     self.commands.remove(&pid);
@@ -158,7 +161,7 @@ impl<'fds> Tracer<'fds> {
                 from,
                 to,
                 is_dir,
-            } if pid > 0 && from.0.root == self.root && to.0.root == self.root => {
+            } if pid > 1 && from.0.root == self.root && to.0.root == self.root => {
                 if is_dir {
                     self.batch.dir_rename();
                 } else {
