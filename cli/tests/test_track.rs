@@ -267,3 +267,17 @@ fn read_write_conflict_from_the_set() {
     assert!(access_set(&env, &["web"]).0.is_empty());
     assert_eq!(set_json(&env, "web")["complete"], true);
 }
+
+#[test]
+fn container_setup_not_recorded() {
+    let env = TestEnv::new();
+    setup(&env);
+    env.world_ok(&["start", "web", "--network", "none"]);
+    env.world_ok(&["exec", "web", "--", "true"]);
+    env.world_ok(&["stop", "web"]);
+
+    // libcontainer reads /etc/passwd as pid 1 while it sets the world up;
+    // only the command's own program is the world's access.
+    let (set, _) = access_set(&env, &["web"]);
+    assert_eq!(set.keys().collect::<Vec<_>>(), ["/bin/busybox"]);
+}
