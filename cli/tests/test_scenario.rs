@@ -429,7 +429,7 @@ fn serve(env: &TestEnv, name: &str, command: &str, subnet: &str) -> SocketAddr {
 /// on a veth address, and returns the address of its web server.
 fn start_on_veth(env: &TestEnv, name: &str, command: &str, subnet: &str) -> SocketAddr {
     // Without --network a root world starts on the host's network, which
-    // is the setting that `world init` stores; a restart keeps the network
+    // is the setting that `world init` stores. A restart keeps the network
     // of the run it stops.
     if command == "restart" {
         env.world_ok(&[command, name, "--subnet", subnet]);

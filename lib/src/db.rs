@@ -73,7 +73,7 @@ const MIGRATIONS: &[&str] = &[
         config TEXT NOT NULL
     );",
     // v5: access sets. One row per world, world-relative path and operation
-    // (1 read, 2 write, 4 exec), with the first process that did it; gaps
+    // (1 read, 2 write, 4 exec), with the first process that did it. Gaps
     // are the times the set missed events.
     "CREATE TABLE accesses (
         world_id INTEGER NOT NULL REFERENCES worlds(id),

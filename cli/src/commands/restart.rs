@@ -10,7 +10,7 @@ use crate::ui;
 /// Stops a world if it runs, then starts it again.
 ///
 /// A running world comes back with the network, limits and tracking of the
-/// run that was stopped, unless options here replace them; a stopped one
+/// run that was stopped, unless options here replace them. A stopped world
 /// starts as `world start` starts it.
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -47,7 +47,7 @@ pub struct StartArgs {
 }
 
 impl RunArgs {
-    /// Returns whether to track accesses, if these options say.
+    /// Returns whether to track accesses, if these options choose.
     pub fn tracking(&self) -> Option<bool> {
         match (self.track, self.no_track) {
             (true, _) => Some(true),

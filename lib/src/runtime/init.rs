@@ -134,7 +134,7 @@ pub fn run(tracking: Option<&TrackFds>) -> ! {
         }
         reap_children();
         if stopping && !others_alive() {
-            // Every other process is gone, so the queue holds the world's
+            // Every other process is gone, so the queue contains the world's
             // last accesses.
             if let Some(tracer) = &mut tracer {
                 tracer.finish();

@@ -23,7 +23,8 @@
 //!
 //! The plan's read-write conflicts come from the child's access set
 //! ([`crate::track`]): the paths it read or executed since its base. When
-//! that set has gaps, the outcome says so, since a conflict may be missed.
+//! that set has gaps, the outcome reports it, because a conflict may be
+//! missed.
 //! A published merge moves the child's base and empties its access set.
 //!
 //! # Limitations

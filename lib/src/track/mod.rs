@@ -9,7 +9,7 @@
 //!   no descriptor is opened per event ([`crate::sys::fanotify`]). The mark
 //!   goes on the pool's top-level subvolume: btrfs refuses a mark with file
 //!   handles placed through any other subvolume.
-//! - Such a mark sees every access to the pool, from any world and from the
+//! - Such a mark reports every access to the pool, from any world and from the
 //!   host. The world's init reads the group ([`tracer`]): the kernel gives
 //!   each event's pid as the reader's pid namespace numbers it, and 0 for a
 //!   process outside it, so an event with pid 0 comes from the host or
@@ -273,7 +273,7 @@ pub(crate) fn now_ms() -> i64 {
 impl Store {
     /// Returns the access set of world `name` since its base, or only the
     /// accesses last seen at or after operation `since` of the log. For a
-    /// running world it first asks init to send what it has read, so the
+    /// running world it first signals init to send what it has read, so the
     /// set includes every access made before the call.
     pub fn access_set(
         &self,

@@ -72,7 +72,7 @@ pub struct Batch {
     /// Renames, in the order they happened: file renames, and `None` for
     /// a directory rename.
     renames: Vec<Option<(Entry, Entry)>>,
-    /// Set when the batch answers a request to send every access.
+    /// Set when the batch replies to a request to send every access.
     flushed: Option<i64>,
 }
 
