@@ -213,10 +213,11 @@ its CPU count), which inflates the absolute times more than the ratios.
 "
 fi
 
+set_trial_note "$((quick_runs < copy_runs ? quick_runs : copy_runs))"
 section=$(cat <<EOF
 ## Creating and deleting a child world
 
-\`world create CHILD PARENT\` makes two btrfs snapshots of PARENT and records
+${trial}\`world create CHILD PARENT\` makes two btrfs snapshots of PARENT and records
 CHILD in the store's database, so its time should not depend on the size of
 PARENT. Here PARENT is either a root world containing the Linux source tree
 (Debian's \`$SOURCE_PACKAGE\` $old_version, $entries files and directories,

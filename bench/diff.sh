@@ -206,10 +206,11 @@ table=$(
     table_row "\`world diff\`, child with one changed file" "$timings/one" "" "$one_cpu ms"
 )
 
+set_trial_note "$((patch_runs < one_file_runs ? patch_runs : one_file_runs))"
 section=$(cat <<EOF
 ## Listing a child's changes
 
-\`world diff CHILD\` lists what CHILD changed since its base. Its fast path
+${trial}\`world diff CHILD\` lists what CHILD changed since its base. Its fast path
 asks the btrfs tree of CHILD for the inodes written after the base was
 taken, so its time should follow the size of the change and not the size of
 the tree. \`--full-walk\` compares every path of both trees instead.

@@ -69,10 +69,11 @@ table=$(
     table_row "floor: \`nsenter ... /bin/true\`" "$timings/nsenter" "$timings/nsenter"
 )
 
+set_trial_note "$runs"
 section=$(cat <<EOF
 ## Running a command in a world
 
-\`bench/exec.sh\` times \`world exec NAME true\` on a running busybox world
+${trial}\`bench/exec.sh\` times \`world exec NAME true\` on a running busybox world
 against \`nsenter\` into the same world's mount, uts, ipc, pid and cgroup
 namespaces and its root, $runs runs each, interleaved, in one run of the
 script. Times are wall clock, from bash's EPOCHREALTIME around each

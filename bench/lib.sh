@@ -314,6 +314,20 @@ table_row_skipped() {
     printf '| %s | 0 | not measured: %s | | |%s\n' "$label" "$reason" "${extra:+ $extra |}"
 }
 
+# Sets `trial` to a paragraph that marks a section as a trial run when
+# RUNS, the fewest runs behind any of its figures, is below five, and to
+# nothing otherwise.
+set_trial_note() {
+    trial=
+    if (($1 < 5)); then
+        trial="**Trial run.** Some figures in this section come from $1 runs, fewer
+than five, which only checks that the script works. Run it with the
+default run counts to measure.
+
+"
+    fi
+}
+
 # Keeps a copy of the nanosecond figures in FILE under NAME in the results
 # folder, where bench/summary.sh reads them.
 record_result() {

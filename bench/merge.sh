@@ -298,10 +298,11 @@ its CPU count), which inflates the absolute times more than the ratios.
 "
 fi
 
+set_trial_note "$runs"
 section=$(cat <<EOF
 ## Merging a child world
 
-\`world merge CHILD\` applies the changes that CHILD made since its base to
+${trial}\`world merge CHILD\` applies the changes that CHILD made since its base to
 its parent, all or nothing. It takes a pre-merge snapshot of the parent and
 journals the plan. Then it clones the data of each changed file into the
 parent with a reflink, renames it into place, syncs, and moves the child's

@@ -363,10 +363,11 @@ its CPU count), which inflates the absolute times more than the ratios.
 "
 fi
 
+set_trial_note "$runs"
 section=$(cat <<EOF
 ## Applying an update in a world
 
-The workload of the original system's evaluation: a Linux stable update
+${trial}The workload of the original system's evaluation: a Linux stable update
 applied with \`patch\` to a kernel tree. Here the tree is Debian's
 \`$SOURCE_PACKAGE\` $old_version ($entries files and directories, $files of
 them regular files) at $TREE, and the patch brings it to $new_version
