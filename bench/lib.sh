@@ -89,8 +89,8 @@ cached_source_debs() {
     local version=${1:-} debs
     shopt -s nullglob
     # The version stays inside the quotes, so that characters such as `+` or
-    # `~` in it match only themselves; the glob outside them matches the
-    # architecture, and the version too when none was given.
+    # `~` in it match only themselves. The glob outside the quotes matches
+    # the architecture, and the version too when none was given.
     if [[ -n $version ]]; then
         debs=("$cache/${SOURCE_PACKAGE}_${version}"_*.deb)
     else
@@ -153,10 +153,11 @@ listed_versions() {
     apt-cache madison "$SOURCE_PACKAGE" | awk -F '|' '{ gsub(/ /, "", $2); print $2 }' | sort -uV
 }
 
-# Prints the older and the newer version of the workload on one line: those
-# of WORLDS_BENCH_VERSIONS, else those of the newest patch in the cache, so
-# that reruns reuse it, else two that apt-cache lists: the newest, and the
-# newest one at least MIN_UPDATES_APART stable updates older.
+# Prints the older and the newer version of the workload on one line. They
+# are those of WORLDS_BENCH_VERSIONS, else those of the newest patch in the
+# cache, so that reruns reuse it. Else they are two that apt-cache lists:
+# the newest, and the newest one at least MIN_UPDATES_APART stable updates
+# older.
 choose_versions() {
     local old new patches newest versions
     if [[ -n ${WORLDS_BENCH_VERSIONS:-} ]]; then
@@ -244,18 +245,18 @@ make_patch() {
 # Downloads, extracts and diffs the two versions of the workload where the
 # cache lacks them, and prints which versions it uses. Sets old_version,
 # new_version, old_tree (the folder that contains linux-source-6.1/),
-# patch_file, patch_files (files in the patch) and unpatched_files (files
-# that differ but that diff writes no patch for: binary files and symlinks
-# whose targets differ).
+# patch_file, patch_files (files in the patch), patch_size (such as
+# "10.9 MB") and unpatched_files (files that differ but that diff writes no
+# patch for: binary files and symlinks whose targets differ).
 prepare_workload() {
     read -r old_version new_version < <(choose_versions)
     old_tree=$(source_tree "$old_version")
     patch_file=$(make_patch "$old_version" "$new_version")
     patch_files=$(grep -c '^diff ' "$patch_file")
+    patch_size=$(stat -c %s "$patch_file" | awk '{ printf "%.1f MB", $1 / 1e6 }')
     unpatched_files=$(grep -cE '^(Binary files |Symbolic links |File .* is a )' "$patch_file" || true)
     log "workload: $SOURCE_PACKAGE $old_version patched up to $new_version," \
-        "$patch_files files in the patch ($unpatched_files more differ but are not in it)," \
-        "$(du -h "$patch_file" | cut -f 1)B"
+        "$patch_files files in the patch ($unpatched_files more differ but are not in it), $patch_size"
     if ((patch_files < MIN_PATCH_FILES || patch_files > MAX_PATCH_FILES)); then
         log "warning: the patch touches $patch_files files, outside the $MIN_PATCH_FILES to" \
             "$MAX_PATCH_FILES that the figures assume; set WORLDS_BENCH_VERSIONS to two other versions"
@@ -407,7 +408,7 @@ cleanup() {
                 || log "could not stop the worlds of $store"
         fi
         # Mounts of our own inside the store, such as overlays, go before the
-        # pool that holds their folders; the last mounted goes first.
+        # pool that contains their folders, the last mounted first.
         local mount_point
         for mount_point in $(awk -v prefix="$store/" 'index($2, prefix) == 1 && $2 != prefix "pool" { print $2 }' /proc/self/mounts | tac); do
             umount "$mount_point" || log "could not unmount $mount_point"
@@ -504,10 +505,12 @@ write_section() {
         cat >"$doc" <<'EOF'
 # Benchmarks
 
-Measured performance of worlds. Each figure is the median of N runs with
-the range (min to max) beside it, and each section was measured in one
-session on the machine it describes. To measure again and update this page,
-run `scripts/bench.sh` as root.
+Measured performance of worlds, next to the baselines that each command
+replaces, measured in the same run on the same data. Each figure is the
+median of its runs with the range (min to max) beside it, and each ratio
+is a median over the median of the baseline that its table names. Each
+section was measured in one session on the machine it describes. To
+measure again and update this page, run `sudo scripts/bench.sh`.
 EOF
     fi
     if ! grep -qF "$begin" "$doc"; then

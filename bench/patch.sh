@@ -371,7 +371,7 @@ ${trial}The workload of the original system's evaluation: a Linux stable update
 applied with \`patch\` to a kernel tree. Here the tree is Debian's
 \`$SOURCE_PACKAGE\` $old_version ($entries files and directories, $files of
 them regular files) at $TREE, and the patch brings it to $new_version
-($patch_files files). Each run applies the patch once in each setup below,
+($patch_files files, $patch_size). Each run applies the patch once in each setup below,
 to a fresh copy of the tree, with the host's GNU patch (\`patch -p2 -s\`).
 The ratios are medians over the median of the bare run. The original
 system's column was measured in 2015 on other hardware, with a patch of

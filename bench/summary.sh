@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Puts the figures of the other benchmarks into one table, one row per
-# command, next to the original system's figures: those of LXC with aufs
-# and a patched kernel, measured in 2015 on other hardware with a Linux
-# stable patch of 2,511 files. It measures nothing itself. It reads the
+# command, next to the original system's figures. That system ran LXC with
+# aufs and a patched kernel, and its figures were measured in 2015 on other
+# hardware with a Linux stable patch of 2,511 files. This script measures
+# nothing itself. It reads the
 # figures that bench/create.sh, diff.sh, exec.sh, merge.sh and patch.sh
 # kept in the results folder, so run them first; scripts/bench.sh runs them
 # all, then this script.
@@ -105,7 +106,7 @@ listed and merged into its parent. Here the tree is Debian's
 \`$SOURCE_PACKAGE\` $old_version and the update is the difference to
 $new_version, made with \`diff -ruN --no-dereference\` between the two
 package versions fetched with \`apt-get download\`. It touches $patch_files
-files. The original system's patch touched 2,511 files (4.7 MB).
+files ($patch_size). The original system's patch touched 2,511 files (4.7 MB).
 
 Each cell is the median with the range (min to max) in brackets, from the
 section of this page that measured it. The original method is the original
