@@ -117,8 +117,9 @@ without worlds: a bare \`btrfs subvolume snapshot\`, \`patch\` outside any
 world, a \`find\` metadata walk of the tree, \`cp --reflink\` of the changed
 files, \`btrfs subvolume delete\` and \`nsenter\`. The last column contains
 the original system's figures as its authors published them, measured in
-2015 on other hardware; compare them with the ratios, not with our
-absolute times.
+2015 on other hardware. Its absolute times do not compare with ours, but
+its overheads of the patch run do compare with our ratios to the floor.
+Each section below gives the load average during its run.
 
 $table
 
