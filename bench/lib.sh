@@ -163,6 +163,7 @@ choose_versions() {
     if [[ -n ${WORLDS_BENCH_VERSIONS:-} ]]; then
         read -r old new <<<"$WORLDS_BENCH_VERSIONS"
         [[ -n ${new:-} ]] || die "WORLDS_BENCH_VERSIONS must name two versions, older first, not \`$WORLDS_BENCH_VERSIONS\`"
+        log "versions $old and $new, from WORLDS_BENCH_VERSIONS"
         printf '%s %s\n' "$old" "$new"
         return
     fi
@@ -175,6 +176,7 @@ choose_versions() {
         newest=${newest##*/}
         newest=${newest#"${SOURCE_PACKAGE}"_}
         newest=${newest%.patch}
+        log "versions ${newest%%_to_*} and ${newest##*_to_}, those of the newest patch in $cache"
         printf '%s %s\n' "${newest%%_to_*}" "${newest##*_to_}"
         return
     fi
@@ -190,14 +192,17 @@ choose_versions() {
     # A version reads 6.1.STABLE-DEBIAN. Take the newest, and the newest
     # whose stable update is at least MIN_UPDATES_APART older, or else the
     # oldest listed.
-    awk -v apart="$MIN_UPDATES_APART" '
+    read -r old new < <(awk -v apart="$MIN_UPDATES_APART" '
         { version[NR] = $0; split($0, part, /[.-]/); update[NR] = part[3] + 0 }
         END {
             old = version[1]
             for (i = 1; i < NR; i++)
                 if (update[i] <= update[NR] - apart) old = version[i]
             print old, version[NR]
-        }' <<<"$versions"
+        }' <<<"$versions")
+    log "versions $old and $new: the newest that apt-cache lists, and the newest" \
+        "at least $MIN_UPDATES_APART stable updates older (set WORLDS_BENCH_VERSIONS for others)"
+    printf '%s %s\n' "$old" "$new"
 }
 
 # Prints the folder in the cache that contains the extracted tree of VERSION,
