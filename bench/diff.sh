@@ -3,8 +3,10 @@
 # source tree, after a real update of that tree was applied in the child.
 # The update is the patch between two versions of Debian's linux-source-6.1
 # package, which touches a few thousand files. It compares the fast path with
-# `world diff --full-walk` and with a plain metadata walk of the child's
-# tree, and also times the fast path after a change to a single file.
+# `world diff --full-walk`, with a plain metadata walk of the child's tree,
+# and with the original system's diff: a walk of the upper folder of an
+# overlay in which the same patch was applied. It also times the fast path
+# after a change to a single file.
 #
 # Usage: sudo bench/diff.sh [--write]
 #
@@ -12,16 +14,17 @@
 # also replaces the section between the diff markers in docs/benchmarks.md.
 #
 # Environment:
-#   WORLDS_BENCH_PATCH_RUNS   runs with the patch applied (default 7)
-#   WORLDS_BENCH_RUNS         timed runs after a one-file change (default 21)
-#   WORLDS_BENCH_DIFF_VERSIONS
-#                             the two package versions, older first, such as
-#                             "6.1.176-1 6.1.192-3" (default: the newest
-#                             version that apt-cache lists, and the newest
-#                             one at least 16 stable updates older)
+#   WORLDS_BENCH_RUNS         runs with the patch applied (default 5)
+#   WORLDS_BENCH_QUICK_RUNS   timed runs after a one-file change (default 21)
+#   WORLDS_BENCH_VERSIONS     the two package versions, older first, such as
+#                             "6.1.176-1 6.1.192-3" (default: see
+#                             bench/patch.sh)
 #   WORLDS_BENCH_CACHE        where the packages, their tarballs and trees
 #                             and the patch are kept between runs (default
 #                             /var/tmp/worlds-bench)
+#   WORLDS_BENCH_RESULTS      where the figures are kept for
+#                             bench/summary.sh (default: results/ in the
+#                             cache)
 #   WORLDS_BENCH_REVISION     a commit to build and measure, such as HEAD,
 #                             in place of the working tree
 #   CARGO_TARGET_DIR          where the release build goes (default
@@ -36,8 +39,6 @@ set -euo pipefail
 
 readonly BEGIN_MARKER='<!-- diff:begin -->'
 readonly END_MARKER='<!-- diff:end -->'
-# The minimum number of stable updates between the two default versions.
-readonly MIN_UPDATES_APART=16
 # The minimum number of changes that the patched child must show, or the
 # run fails.
 readonly MIN_CHANGES=1000
@@ -46,109 +47,24 @@ readonly MIN_CHANGES=1000
 # name, which opens /etc/passwd and /etc/group again for every entry.
 readonly WALK_FORMAT='%i %C@ %s %m %U %G %p\n'
 
-patch_runs=${WORLDS_BENCH_PATCH_RUNS:-7}
-one_file_runs=${WORLDS_BENCH_RUNS:-21}
+patch_runs=${WORLDS_BENCH_RUNS:-5}
+one_file_runs=${WORLDS_BENCH_QUICK_RUNS:-21}
 
 parse_arguments "$@"
-require_positive WORLDS_BENCH_PATCH_RUNS "$patch_runs"
-require_positive WORLDS_BENCH_RUNS "$one_file_runs"
+require_positive WORLDS_BENCH_RUNS "$patch_runs"
+require_positive WORLDS_BENCH_QUICK_RUNS "$one_file_runs"
 require_root
-
-# Prints the versions of the source package that apt-cache lists, oldest
-# first.
-listed_versions() {
-    apt-cache madison "$SOURCE_PACKAGE" | awk -F '|' '{ gsub(/ /, "", $2); print $2 }' | sort -uV
-}
-
-# Prints the older and the newer version to compare, on one line.
-choose_versions() {
-    if [[ -n ${WORLDS_BENCH_DIFF_VERSIONS:-} ]]; then
-        read -r old new <<<"$WORLDS_BENCH_DIFF_VERSIONS"
-        [[ -n ${new:-} ]] || die "WORLDS_BENCH_DIFF_VERSIONS must name two versions, not \`$WORLDS_BENCH_DIFF_VERSIONS\`"
-        printf '%s %s\n' "$old" "$new"
-        return
-    fi
-    local versions
-    versions=$(listed_versions)
-    if (($(grep -c . <<<"$versions") < 2)); then
-        log "apt-cache lists fewer than two versions of $SOURCE_PACKAGE; updating the package lists"
-        apt-get update >&2
-        versions=$(listed_versions)
-    fi
-    (($(grep -c . <<<"$versions") >= 2)) \
-        || die "apt-cache lists fewer than two versions of $SOURCE_PACKAGE; set WORLDS_BENCH_DIFF_VERSIONS"
-    # A version reads 6.1.STABLE-DEBIAN. Take the newest, and the newest
-    # whose stable update is at least MIN_UPDATES_APART older, or else the
-    # oldest listed.
-    awk -v apart="$MIN_UPDATES_APART" '
-        { version[NR] = $0; split($0, part, /[.-]/); update[NR] = part[3] + 0 }
-        END {
-            old = version[1]
-            for (i = 1; i < NR; i++)
-                if (update[i] <= update[NR] - apart) old = version[i]
-            print old, version[NR]
-        }' <<<"$versions"
-}
-
-# Prints the folder in the cache that contains the extracted tree of VERSION,
-# as linux-source-6.1/ inside it, extracting it the first time.
-source_tree() {
-    local version=$1 deb tarball tree
-    tree=$cache/${SOURCE_PACKAGE}_$version
-    if [[ ! -d $tree ]]; then
-        deb=$(fetch_source_deb "$version")
-        tarball=$(source_tarball "$deb")
-        log "extracting $tarball into $tree"
-        rm -rf "$tree.partial"
-        mkdir "$tree.partial"
-        tar -xf "$tarball" -C "$tree.partial"
-        mv "$tree.partial" "$tree"
-    fi
-    [[ -d $tree/$SOURCE_PACKAGE ]] || die "$tree has no $SOURCE_PACKAGE folder; delete it to extract it again"
-    printf '%s\n' "$tree"
-}
-
-# Prints the path of the cached patch from version OLD to version NEW, made
-# with `diff -ruN` between their trees the first time. Its paths start with
-# two folders, so it applies with -p2 inside the linux-source-6.1 folder.
-make_patch() {
-    local old=$1 new=$2 patch status
-    patch=$cache/${SOURCE_PACKAGE}_${old}_to_$new.patch
-    if [[ ! -f $patch ]]; then
-        source_tree "$old" >/dev/null
-        source_tree "$new" >/dev/null
-        log "making $patch"
-        # diff exits with 1 when the trees differ, which they should, and
-        # with 2 when it fails.
-        status=0
-        (cd "$cache" && diff -ruN --no-dereference \
-            "${SOURCE_PACKAGE}_$old/$SOURCE_PACKAGE" "${SOURCE_PACKAGE}_$new/$SOURCE_PACKAGE") \
-            >"$patch.partial" || status=$?
-        ((status == 1)) || die "diff between the trees of $old and $new exited with $status"
-        mv "$patch.partial" "$patch"
-    fi
-    printf '%s\n' "$patch"
-}
 
 install_missing btrfs-progs xz-utils patch jq
 start_store
 build_world
 
-versions=$(choose_versions)
-read -r old_version new_version <<<"$versions"
-log "workload: $SOURCE_PACKAGE $old_version patched up to $new_version"
-old_tree=$(source_tree "$old_version")
-patch_file=$(make_patch "$old_version" "$new_version")
-patch_files=$(grep -c '^diff ' "$patch_file")
-# diff writes no patch for binary files and for symlinks whose targets
-# differ, only a line saying so.
-unpatched_files=$(grep -cE '^(Binary files |Symbolic links |File .* is a )' "$patch_file" || true)
-log "the patch touches $patch_files files ($unpatched_files more differ but are not in it)"
+prepare_workload
 
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
 pool=$store/pool
 timings=$store/timings
-mkdir "$timings"
+mkdir "$timings" "$store/merged"
 
 # --from-dir copies the tree from the page cache, which is faster here than
 # decompressing the tarball with --from-tar.
@@ -186,17 +102,33 @@ check_diff() {
     ((changes >= min)) || die "world diff $name lists only $changes changes, fewer than $min"
 }
 
-# Times the three commands on the patched child in an order that rotates
-# from run to run. Each one has run once untimed just before.
+# Applies the patch in an overlay whose lower layer is the Linux world's
+# tree and whose upper and work folders are in a fresh subvolume on the
+# pool, then unmounts the overlay. Its upper folder then contains what the
+# patch changed: the original system's record of a child's changes.
+patch_overlay() {
+    btrfs subvolume create "$pool/overlay" >/dev/null
+    mkdir "$pool/overlay/upper" "$pool/overlay/work"
+    mount -t overlay overlay \
+        -o "lowerdir=$linux_root,upperdir=$pool/overlay/upper,workdir=$pool/overlay/work" \
+        "$store/merged"
+    (cd "$store/merged/$SOURCE_PACKAGE" && patch -p2 -s <"$patch_file") \
+        || die "the patch does not apply to the tree of $old_version in the overlay"
+    umount "$store/merged"
+}
+
+# Times the four commands on the patched child and the overlay in an order
+# that rotates from run to run. Each one has run once untimed just before.
 time_patched() {
     local run=$1 root=$2 command
-    local -a commands=(fast full walk) order
-    order=("${commands[@]:run % 3}" "${commands[@]:0:run % 3}")
+    local -a commands=(fast full walk upper) order
+    order=("${commands[@]:run % 4}" "${commands[@]:0:run % 4}")
     for command in "${order[@]}"; do
         case $command in
             fast) time_ns "$world" --store "$store" diff patched >>"$timings/fast" ;;
             full) time_ns "$world" --store "$store" diff --full-walk patched >>"$timings/full" ;;
             walk) time_ns find "$root" -printf "$WALK_FORMAT" >>"$timings/walk" ;;
+            upper) time_ns find "$pool/overlay/upper" -printf "$WALK_FORMAT" >>"$timings/upper" ;;
         esac
         echo "$cpu_ns" >>"$timings/$command.cpu"
     done
@@ -208,19 +140,23 @@ for ((run = 1; run <= patch_runs; run++)); do
     patched_root=$("$world" --store "$store" show patched --json | jq -er .path)
     (cd "$patched_root/$SOURCE_PACKAGE" && patch -p2 -s <"$patch_file") \
         || die "the patch does not apply to the tree of $old_version in world patched"
+    patch_overlay
     # Write the patched files out now, so that no timed command pays for it.
     btrfs filesystem sync "$pool" >/dev/null
 
     # The warm-up: one untimed run of each command, whose output is checked.
     find "$patched_root" -printf "$WALK_FORMAT" >/dev/null
+    upper_entries=$(find "$pool/overlay/upper" -printf "$WALK_FORMAT" | wc -l)
     check_diff patched "$MIN_CHANGES"
     missing=$(cut -f 2- "$store/fast.txt" | sort -u | comm -23 "$patched_paths" - | head -n 5)
     [[ -z $missing ]] || die "world diff patched misses paths that the patch changed, such as: $missing"
 
     time_patched "$run" "$patched_root"
     log "run $run: $changes changes, fast $(tail -n 1 "$timings/fast") ns," \
-        "full walk $(tail -n 1 "$timings/full") ns, find $(tail -n 1 "$timings/walk") ns"
+        "full walk $(tail -n 1 "$timings/full") ns, find $(tail -n 1 "$timings/walk") ns," \
+        "find in the overlay's upper folder $(tail -n 1 "$timings/upper") ns ($upper_entries entries)"
     "$world" --store "$store" --quiet delete patched
+    btrfs subvolume delete "$pool/overlay" >/dev/null
     settle "$pool"
 done
 patched_changes=$changes
@@ -248,24 +184,33 @@ done
 
 load_after=$(cut -d ' ' -f 1-3 /proc/loadavg)
 
-read -r fast_median fast_min fast_max < <(summarize "$timings/fast")
-read -r full_median full_min full_max < <(summarize "$timings/full")
-read -r walk_median walk_min walk_max < <(summarize "$timings/walk")
-read -r one_median one_min one_max < <(summarize "$timings/one")
+for name in fast full walk upper one; do
+    record_result "diff-$name" "$timings/$name"
+done
 read -r fast_cpu _ < <(summarize "$timings/fast.cpu")
 read -r full_cpu _ < <(summarize "$timings/full.cpu")
 read -r walk_cpu _ < <(summarize "$timings/walk.cpu")
+read -r upper_cpu _ < <(summarize "$timings/upper.cpu")
 read -r one_cpu _ < <(summarize "$timings/one.cpu")
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
-fast_per_walk=$(ratio "$fast_median" "$walk_median")
-fast_per_full=$(ratio "$fast_median" "$full_median")
-fast_per_walk_cpu=$(ratio "$fast_cpu" "$walk_cpu")
-fast_per_full_cpu=$(ratio "$fast_cpu" "$full_cpu")
+fast_per_walk=$(median_ratio "$timings/fast" "$timings/walk")
+fast_per_full=$(median_ratio "$timings/fast" "$timings/full")
+fast_per_upper=$(median_ratio "$timings/fast" "$timings/upper")
+fast_per_walk_cpu=$(median_ratio "$timings/fast.cpu" "$timings/walk.cpu")
+fast_per_full_cpu=$(median_ratio "$timings/fast.cpu" "$timings/full.cpu")
+table=$(
+    table_header command "median CPU time"
+    table_row "\`world diff\`, patched child" "$timings/fast" "$timings/walk" "$fast_cpu ms"
+    table_row "\`world diff --full-walk\`, patched child" "$timings/full" "$timings/walk" "$full_cpu ms"
+    table_row "overlayfs: \`find\` walk of the upper folder" "$timings/upper" "$timings/walk" "$upper_cpu ms"
+    table_row "\`find\` metadata walk of the patched child" "$timings/walk" "$timings/walk" "$walk_cpu ms"
+    table_row "\`world diff\`, child with one changed file" "$timings/one" "" "$one_cpu ms"
+)
 
+set_trial_note "$((patch_runs < one_file_runs ? patch_runs : one_file_runs))"
 section=$(cat <<EOF
 ## Listing a child's changes
 
-\`world diff CHILD\` lists what CHILD changed since its base. Its fast path
+${trial}\`world diff CHILD\` lists what CHILD changed since its base. Its fast path
 asks the btrfs tree of CHILD for the inodes written after the base was
 taken, so its time should follow the size of the change and not the size of
 the tree. \`--full-walk\` compares every path of both trees instead.
@@ -282,27 +227,30 @@ that calls lstat on every entry: \`find ROOT -printf '$WALK_FORMAT'\`. It
 prints owners as numbers, because with \`%u\` and \`%g\` GNU find opens
 /etc/passwd and /etc/group again for every entry.
 
-| command | median | min | max | median CPU time |
-| --- | ---: | ---: | ---: | ---: |
-| \`world diff\`, patched child | $fast_median ms | $fast_min ms | $fast_max ms | $fast_cpu ms |
-| \`world diff --full-walk\`, patched child | $full_median ms | $full_min ms | $full_max ms | $full_cpu ms |
-| \`find\` metadata walk of the patched child | $walk_median ms | $walk_min ms | $walk_max ms | $walk_cpu ms |
-| \`world diff\`, child with one changed file | $one_median ms | $one_min ms | $one_max ms | $one_cpu ms |
+$table
+
+The overlayfs row is the original system's diff: the same patch applied in
+an overlay on the parent's tree, whose upper folder then contains the
+changed files ($upper_entries entries, with their folders), walked with the
+same \`find\`. It lists what changed but not how: telling a modified file
+from an added one takes a second lookup in the lower layer.
 
 Ratios of the medians for the patched child, in elapsed time: fast path
 over metadata walk **$fast_per_walk**, fast path over full walk
-**$fast_per_full**. In CPU time: **$fast_per_walk_cpu** and
-**$fast_per_full_cpu**.
+**$fast_per_full**, fast path over the overlay's upper walk
+**$fast_per_upper**. In CPU time, fast path over metadata walk
+**$fast_per_walk_cpu** and fast path over full walk **$fast_per_full_cpu**.
 
 Each figure covers the whole command, from its start to its exit, with its
-output sent to /dev/null. The first three columns are elapsed time. The CPU
+output sent to /dev/null. The median and the range are elapsed time. The CPU
 time is user plus system time of the command, as the shell's \`times\`
 builtin reports it to the millisecond, and depends less on other work on
 the machine. The caches are warm: the script never drops them,
 and in each run every command ran once untimed just before the timed runs.
-The patched child was measured in $patch_runs runs. Each run made a new child,
-applied the patch, wrote it out with \`btrfs filesystem sync\`, and timed the
-three commands once each, in an order that rotates from run to run. The
+The patched child was measured in $patch_runs runs. Each run made a new child
+and a new overlay, applied the patch in both, wrote it out with
+\`btrfs filesystem sync\`, and timed the four commands once each, in an
+order that rotates from run to run. The
 child with one changed file, whose Makefile had a line appended, was
 measured $one_file_runs times in a row. In every run the fast path and the full walk
 listed the same changes, and the fast path listed every file of the patch.
@@ -315,7 +263,7 @@ listed the same changes, and the fast path listed every file of the patch.
 - Date: $(date -u +%Y-%m-%d)
 - To measure again and update this section: \`sudo bench/diff.sh --write\`,
   or \`sudo scripts/bench.sh\` for every benchmark.
-  WORLDS_BENCH_DIFF_VERSIONS picks other versions, and
+  WORLDS_BENCH_VERSIONS picks other versions, and
   WORLDS_BENCH_REVISION=HEAD measures the last commit instead of the
   working tree.
 EOF

@@ -3,7 +3,7 @@
 # its cleanup, and the sections of docs/benchmarks.md. Meant to be sourced
 # after `set -euo pipefail`, not run.
 #
-# Globals set here: repo, cache, write and CARGO_TARGET_DIR. start_store
+# Globals set here: repo, cache, results, write and CARGO_TARGET_DIR. start_store
 # sets store, the temporary store folder, and build_world sets world, the
 # release binary copied into it, and revision, the code it was built from.
 
@@ -11,6 +11,7 @@ readonly SOURCE_PACKAGE=linux-source-6.1
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${WORLDS_BENCH_CACHE:-/var/tmp/worlds-bench}
+results=${WORLDS_BENCH_RESULTS:-$cache/results}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/worlds-bench-target}
 write=false
 
@@ -85,9 +86,16 @@ build_world() {
 # Prints the cached linux-source .deb files of VERSION, or of every version
 # without one, oldest first.
 cached_source_debs() {
-    local version=${1:-*}
+    local version=${1:-} debs
     shopt -s nullglob
-    local debs=("$cache/${SOURCE_PACKAGE}_${version}"_*.deb)
+    # The version stays inside the quotes, so that characters such as `+` or
+    # `~` in it match only themselves. The glob outside the quotes matches
+    # the architecture, and the version too when none was given.
+    if [[ -n $version ]]; then
+        debs=("$cache/${SOURCE_PACKAGE}_${version}"_*.deb)
+    else
+        debs=("$cache/${SOURCE_PACKAGE}"_*.deb)
+    fi
     shopt -u nullglob
     if ((${#debs[@]} > 0)); then
         printf '%s\n' "${debs[@]}" | sort -V
@@ -131,6 +139,135 @@ source_tarball() {
     printf '%s\n' "$tarball"
 }
 
+# The minimum number of stable updates between the two versions that
+# choose_versions picks by itself.
+readonly MIN_UPDATES_APART=16
+# The range of files that a patch between the two versions should touch:
+# the workload is an update of a few thousand files.
+readonly MIN_PATCH_FILES=1000
+readonly MAX_PATCH_FILES=20000
+
+# Prints the versions of the source package that apt-cache lists, oldest
+# first.
+listed_versions() {
+    apt-cache madison "$SOURCE_PACKAGE" | awk -F '|' '{ gsub(/ /, "", $2); print $2 }' | sort -uV
+}
+
+# Prints the older and the newer version of the workload on one line. They
+# are those of WORLDS_BENCH_VERSIONS, else those of the newest patch in the
+# cache, so that reruns reuse it. Else they are two that apt-cache lists:
+# the newest, and the newest one at least MIN_UPDATES_APART stable updates
+# older.
+choose_versions() {
+    local old new patches newest versions
+    if [[ -n ${WORLDS_BENCH_VERSIONS:-} ]]; then
+        read -r old new <<<"$WORLDS_BENCH_VERSIONS"
+        [[ -n ${new:-} ]] || die "WORLDS_BENCH_VERSIONS must name two versions, older first, not \`$WORLDS_BENCH_VERSIONS\`"
+        log "versions $old and $new, from WORLDS_BENCH_VERSIONS"
+        printf '%s %s\n' "$old" "$new"
+        return
+    fi
+
+    shopt -s nullglob
+    patches=("$cache/${SOURCE_PACKAGE}"_*_to_*.patch)
+    shopt -u nullglob
+    if ((${#patches[@]} > 0)); then
+        newest=$(printf '%s\n' "${patches[@]}" | sort -V | tail -n 1)
+        newest=${newest##*/}
+        newest=${newest#"${SOURCE_PACKAGE}"_}
+        newest=${newest%.patch}
+        log "versions ${newest%%_to_*} and ${newest##*_to_}, those of the newest patch in $cache"
+        printf '%s %s\n' "${newest%%_to_*}" "${newest##*_to_}"
+        return
+    fi
+
+    versions=$(listed_versions)
+    if (($(grep -c . <<<"$versions") < 2)); then
+        log "apt-cache lists fewer than two versions of $SOURCE_PACKAGE; updating the package lists"
+        apt-get update >&2
+        versions=$(listed_versions)
+    fi
+    (($(grep -c . <<<"$versions") >= 2)) \
+        || die "apt-cache lists fewer than two versions of $SOURCE_PACKAGE; set WORLDS_BENCH_VERSIONS"
+    # A version reads 6.1.STABLE-DEBIAN. Take the newest, and the newest
+    # whose stable update is at least MIN_UPDATES_APART older, or else the
+    # oldest listed.
+    read -r old new < <(awk -v apart="$MIN_UPDATES_APART" '
+        { version[NR] = $0; split($0, part, /[.-]/); update[NR] = part[3] + 0 }
+        END {
+            old = version[1]
+            for (i = 1; i < NR; i++)
+                if (update[i] <= update[NR] - apart) old = version[i]
+            print old, version[NR]
+        }' <<<"$versions")
+    log "versions $old and $new: the newest that apt-cache lists, and the newest" \
+        "at least $MIN_UPDATES_APART stable updates older (set WORLDS_BENCH_VERSIONS for others)"
+    printf '%s %s\n' "$old" "$new"
+}
+
+# Prints the folder in the cache that contains the extracted tree of VERSION,
+# as linux-source-6.1/ inside it, extracting it the first time.
+source_tree() {
+    local version=$1 deb tarball tree
+    tree=$cache/${SOURCE_PACKAGE}_$version
+    if [[ ! -d $tree ]]; then
+        deb=$(fetch_source_deb "$version")
+        tarball=$(source_tarball "$deb")
+        log "extracting $tarball into $tree"
+        rm -rf "$tree.partial"
+        mkdir "$tree.partial"
+        tar -xf "$tarball" -C "$tree.partial"
+        mv "$tree.partial" "$tree"
+    fi
+    [[ -d $tree/$SOURCE_PACKAGE ]] || die "$tree has no $SOURCE_PACKAGE folder; delete it to extract it again"
+    printf '%s\n' "$tree"
+}
+
+# Prints the path of the cached patch from version OLD to version NEW, made
+# with `diff -ruN --no-dereference` between their trees the first time.
+# Without --no-dereference, diff follows the symlinks under scripts/dtc and
+# the patch then fails to apply. Its paths start with two folders, so it
+# applies with -p2 inside the linux-source-6.1 folder.
+make_patch() {
+    local old=$1 new=$2 patch status
+    patch=$cache/${SOURCE_PACKAGE}_${old}_to_$new.patch
+    if [[ ! -f $patch ]]; then
+        source_tree "$old" >/dev/null
+        source_tree "$new" >/dev/null
+        log "making $patch"
+        # diff exits with 1 when the trees differ, which they should, and
+        # with 2 when it fails.
+        status=0
+        (cd "$cache" && diff -ruN --no-dereference \
+            "${SOURCE_PACKAGE}_$old/$SOURCE_PACKAGE" "${SOURCE_PACKAGE}_$new/$SOURCE_PACKAGE") \
+            >"$patch.partial" || status=$?
+        ((status == 1)) || die "diff between the trees of $old and $new exited with $status"
+        mv "$patch.partial" "$patch"
+    fi
+    printf '%s\n' "$patch"
+}
+
+# Downloads, extracts and diffs the two versions of the workload where the
+# cache lacks them, and prints which versions it uses. Sets old_version,
+# new_version, old_tree (the folder that contains linux-source-6.1/),
+# patch_file, patch_files (files in the patch), patch_size (such as
+# "10.9 MB") and unpatched_files (files that differ but that diff writes no
+# patch for: binary files and symlinks whose targets differ).
+prepare_workload() {
+    read -r old_version new_version < <(choose_versions)
+    old_tree=$(source_tree "$old_version")
+    patch_file=$(make_patch "$old_version" "$new_version")
+    patch_files=$(grep -c '^diff ' "$patch_file")
+    patch_size=$(stat -c %s "$patch_file" | awk '{ printf "%.1f MB", $1 / 1e6 }')
+    unpatched_files=$(grep -cE '^(Binary files |Symbolic links |File .* is a )' "$patch_file" || true)
+    log "workload: $SOURCE_PACKAGE $old_version patched up to $new_version," \
+        "$patch_files files in the patch ($unpatched_files more differ but are not in it), $patch_size"
+    if ((patch_files < MIN_PATCH_FILES || patch_files > MAX_PATCH_FILES)); then
+        log "warning: the patch touches $patch_files files, outside the $MIN_PATCH_FILES to" \
+            "$MAX_PATCH_FILES that the figures assume; set WORLDS_BENCH_VERSIONS to two other versions"
+    fi
+}
+
 # Prints the median, min and max of the nanosecond figures in FILE, in
 # milliseconds with two decimals, separated by spaces.
 summarize() {
@@ -141,6 +278,68 @@ summarize() {
             else median = (value[NR / 2] + value[NR / 2 + 1]) / 2
             printf "%.2f %.2f %.2f\n", median / 1e6, value[1] / 1e6, value[NR] / 1e6
         }'
+}
+
+# Prints the ratio of the medians of the nanosecond figures in FILE and
+# BASELINE, with two decimals.
+median_ratio() {
+    local median baseline_median
+    read -r median _ < <(summarize "$1")
+    read -r baseline_median _ < <(summarize "$2")
+    awk -v a="$median" -v b="$baseline_median" 'BEGIN { printf "%.2f\n", a / b }'
+}
+
+# Prints the header of the tables that table_row fills. FIRST names the
+# first column (default: command), and EXTRA, when given, a last column.
+table_header() {
+    local first=${1:-command} extra=${2:-}
+    printf '| %s | runs | median | range (min–max) | ratio to baseline |%s\n' "$first" "${extra:+ $extra |}"
+    printf '| --- | ---: | ---: | ---: | ---: |%s\n' "${extra:+ ---: |}"
+}
+
+# Prints a table row for the nanosecond figures in FILE: LABEL, the number
+# of runs, the median and the range in milliseconds, and the ratio of the
+# median to that of BASELINE, then EXTRA when given. The ratio reads
+# "baseline" when BASELINE is FILE itself and stays empty without BASELINE.
+table_row() {
+    local label=$1 file=$2 baseline=${3:-} extra=${4:-} median min max ratio=
+    read -r median min max < <(summarize "$file")
+    if [[ $baseline == "$file" ]]; then
+        ratio=baseline
+    elif [[ -n $baseline ]]; then
+        ratio="$(median_ratio "$file" "$baseline")×"
+    fi
+    printf '| %s | %s | %s ms | %s–%s ms | %s |%s\n' "$label" "$(wc -l <"$file")" "$median" "$min" "$max" "$ratio" \
+        "${extra:+ $extra |}"
+}
+
+# Prints a table row for a command that was not measured: LABEL, the
+# REASON, and EXTRA when given.
+table_row_skipped() {
+    local label=$1 reason=$2 extra=${3:-}
+    printf '| %s | 0 | not measured: %s | | |%s\n' "$label" "$reason" "${extra:+ $extra |}"
+}
+
+# Sets `trial` to a paragraph that marks a section as a trial run when
+# RUNS, the fewest runs behind any of its figures, is below five, and to
+# nothing otherwise.
+set_trial_note() {
+    trial=
+    if (($1 < 5)); then
+        trial="**Trial run.** Some figures in this section come from $1 runs, fewer
+than five, which only checks that the script works. Run it with the
+default run counts to measure.
+
+"
+    fi
+}
+
+# Keeps a copy of the nanosecond figures in FILE under NAME in the results
+# folder, where bench/summary.sh reads them.
+record_result() {
+    local name=$1 file=$2
+    mkdir -p "$results"
+    cp "$file" "$results/$name"
 }
 
 # Sets `children_cpu_ns` to the user plus system CPU time of this shell's
@@ -197,14 +396,28 @@ start_store() {
     store=$(mktemp -d -t worlds-bench.XXXXXX)
 }
 
-# Leaves the machine as it was: no pool mount, no loop device and no
-# temporary folder, even after a failure. Only the loop devices and mounts
-# of our own store are checked, because other programs on the machine may
-# attach and detach theirs at any time.
+# Leaves the machine as it was: no running world, no mount, no loop device
+# and no temporary folder, even after a failure. A script that changes more
+# sets `cleanup_hook` to a function that undoes it, which runs first. Only
+# the loop devices and mounts of our own store are checked, because other
+# programs on the machine may attach and detach theirs at any time.
 cleanup() {
     local status=$?
     set +e
+    if [[ -n ${cleanup_hook:-} ]]; then
+        "$cleanup_hook"
+    fi
     if [[ -n ${store:-} && -d $store ]]; then
+        if [[ -x ${world:-} && -f $store/worlds.db ]] && mountpoint -q "$store/pool"; then
+            "$world" --store "$store" --quiet stop --all --time 2 \
+                || log "could not stop the worlds of $store"
+        fi
+        # Mounts of our own inside the store, such as overlays, go before the
+        # pool that contains their folders, the last mounted first.
+        local mount_point
+        for mount_point in $(awk -v prefix="$store/" 'index($2, prefix) == 1 && $2 != prefix "pool" { print $2 }' /proc/self/mounts | tac); do
+            umount "$mount_point" || log "could not unmount $mount_point"
+        done
         if mountpoint -q "$store/pool"; then
             "$world" --store "$store" --quiet store unmount \
                 || umount "$store/pool" \
@@ -249,13 +462,22 @@ settle() {
     btrfs filesystem sync "$1" >/dev/null
 }
 
-# Prints the machine for the bullet list of a section: CPUs, memory and
-# kernel.
+# Prints the machine for the bullet list of a section: CPUs, memory,
+# kernel, the disk under the temporary folder, and whether it is a virtual
+# machine.
 describe_machine() {
-    local cpu memory
+    local cpu memory source disk kind=
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
     memory=$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
-    printf '%s CPUs (%s), %s of memory, Linux %s\n' "$(nproc)" "$cpu" "$memory" "$(uname -r)"
+    source=$(findmnt -n -o SOURCE -T "${TMPDIR:-/tmp}")
+    disk=$(lsblk -d -n -o SIZE,ROTA "$source" 2>/dev/null \
+        | awk '{ printf "%s, %s", $1, ($2 == "1" ? "reported as rotational" : "reported as solid state") }')
+    # The kernel sets the hypervisor flag when it runs under one.
+    if grep -qw hypervisor /proc/cpuinfo; then
+        kind="a virtual machine whose host runs other work, so figures vary from run to run; "
+    fi
+    printf '%s%s CPUs (%s), %s of memory, Linux %s; the temporary folder is on %s (%s)\n' \
+        "$kind" "$(nproc)" "$cpu" "$memory" "$(uname -r)" "$source" "${disk:-size unknown}"
 }
 
 # Prints the commit of the repository that was measured, noting uncommitted
@@ -288,10 +510,12 @@ write_section() {
         cat >"$doc" <<'EOF'
 # Benchmarks
 
-Measured performance of worlds. Each figure is the median of N runs with
-the range (min to max) beside it, and each section was measured in one
-session on the machine it describes. To measure again and update this page,
-run `scripts/bench.sh` as root.
+Measured performance of worlds, next to the baselines that each command
+replaces, measured in the same run on the same data. Each figure is the
+median of its runs with the range (min to max) beside it, and each ratio
+is a median over the median of the baseline that its table names. Each
+section was measured in one session on the machine it describes. To
+measure again and update this page, run `sudo scripts/bench.sh`.
 EOF
     fi
     if ! grep -qF "$begin" "$doc"; then

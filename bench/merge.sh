@@ -13,24 +13,24 @@
 # also replaces the section between the merge markers in docs/benchmarks.md.
 #
 # Environment:
-#   WORLDS_BENCH_RUNS     timed runs of each method (default 9)
-#   WORLDS_BENCH_MERGE_VERSIONS
-#                         the two package versions, older first, such as
-#                         "6.1.176-1 6.1.192-3" (default: those of the
-#                         newest patch in the cache)
-#   WORLDS_BENCH_CACHE    where bench/diff.sh keeps the extracted trees and
-#                         the patch between them (default
-#                         /var/tmp/worlds-bench)
+#   WORLDS_BENCH_RUNS     timed runs of each method (default 5)
+#   WORLDS_BENCH_VERSIONS the two package versions, older first, such as
+#                         "6.1.176-1 6.1.192-3" (default: see
+#                         bench/patch.sh)
+#   WORLDS_BENCH_CACHE    where the packages, their trees and the patch are
+#                         kept between runs (default /var/tmp/worlds-bench)
+#   WORLDS_BENCH_RESULTS  where the figures are kept for bench/summary.sh
+#                         (default: results/ in the cache)
 #   WORLDS_BENCH_REVISION a commit to build and measure, such as HEAD, in
 #                         place of the working tree
 #   CARGO_TARGET_DIR      where the release build goes (default
 #                         /tmp/worlds-bench-target, apart from debug builds)
 #
-# The workload is the one of bench/diff.sh, which downloads the packages,
-# extracts their trees and makes the patch the first time. Run it once
-# first (scripts/bench.sh runs it before this script). It needs root and
-# about 4 GB of free space in the temporary folder. Caches stay warm: the
-# script never drops them.
+# The workload is the one of bench/diff.sh and bench/patch.sh. The script
+# downloads the packages, extracts their trees and makes the patch where the
+# cache lacks them. It needs root, apt-get, about 4 GB of free space in the
+# cache and 4 GB in the temporary folder. Caches stay warm: the script never
+# drops them.
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -94,58 +94,17 @@ sub merge_folder {
 merge_folder(@ARGV);
 '
 
-runs=${WORLDS_BENCH_RUNS:-9}
+runs=${WORLDS_BENCH_RUNS:-5}
 
 parse_arguments "$@"
 require_positive WORLDS_BENCH_RUNS "$runs"
 require_root
 
-# Prints the older and the newer version of the workload, on one line.
-choose_versions() {
-    if [[ -n ${WORLDS_BENCH_MERGE_VERSIONS:-} ]]; then
-        read -r old new <<<"$WORLDS_BENCH_MERGE_VERSIONS"
-        [[ -n ${new:-} ]] || die "WORLDS_BENCH_MERGE_VERSIONS must name two versions, not \`$WORLDS_BENCH_MERGE_VERSIONS\`"
-        printf '%s %s\n' "$old" "$new"
-        return
-    fi
-    local patches newest
-    shopt -s nullglob
-    patches=("$cache/${SOURCE_PACKAGE}"_*_to_*.patch)
-    shopt -u nullglob
-    ((${#patches[@]} > 0)) \
-        || die "no patch of $SOURCE_PACKAGE in $cache; run bench/diff.sh once first, which makes it"
-    newest=$(printf '%s\n' "${patches[@]}" | sort -V | tail -n 1)
-    newest=${newest##*/}
-    newest=${newest#"${SOURCE_PACKAGE}"_}
-    newest=${newest%.patch}
-    printf '%s %s\n' "${newest%%_to_*}" "${newest##*_to_}"
-}
-
-# Unmounts the overlay before the cleanup of lib.sh, which cannot unmount
-# the pool while the overlay uses folders in it.
-cleanup_merge() {
-    local status=$?
-    set +e
-    if [[ -n ${store:-} ]] && mountpoint -q "$store/merged" 2>/dev/null; then
-        umount "$store/merged" || log "could not unmount the overlay on $store/merged"
-    fi
-    (exit "$status")
-    cleanup
-}
-
-install_missing btrfs-progs patch jq attr perl
+install_missing btrfs-progs xz-utils patch jq attr perl
 start_store
-trap cleanup_merge EXIT
 build_world
 
-versions=$(choose_versions)
-read -r old_version new_version <<<"$versions"
-old_tree=$cache/${SOURCE_PACKAGE}_$old_version
-patch_file=$cache/${SOURCE_PACKAGE}_${old_version}_to_$new_version.patch
-[[ -d $old_tree/$SOURCE_PACKAGE && -f $patch_file ]] \
-    || die "$old_tree/$SOURCE_PACKAGE or $patch_file is missing; run bench/diff.sh once first, with WORLDS_BENCH_DIFF_VERSIONS=\"$old_version $new_version\""
-patch_files=$(grep -c '^diff ' "$patch_file")
-log "workload: $SOURCE_PACKAGE $old_version patched up to $new_version ($patch_files files in the patch)"
+prepare_workload
 
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
 pool=$store/pool
@@ -315,12 +274,17 @@ kinds=$(tr '\0' '\n' <"$store/changes" | awk 'NR % 2' | sort | uniq -c | sort -r
 copied_count=${#copied[@]}
 deleted_count=${#deleted[@]}
 
-read -r worlds_median worlds_min worlds_max < <(summarize "$timings/worlds")
-read -r floor_median floor_min floor_max < <(summarize "$timings/floor")
-read -r overlay_median overlay_min overlay_max < <(summarize "$timings/overlay")
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-worlds_per_floor=$(ratio "$worlds_median" "$floor_median")
-worlds_per_overlay=$(ratio "$worlds_median" "$overlay_median")
+for method in "${METHODS[@]}"; do
+    record_result "merge-$method" "$timings/$method"
+done
+worlds_per_floor=$(median_ratio "$timings/worlds" "$timings/floor")
+worlds_per_overlay=$(median_ratio "$timings/worlds" "$timings/overlay")
+table=$(
+    table_header method
+    table_row "\`world merge child\`" "$timings/worlds" "$timings/floor"
+    table_row "overlayfs: rename the upper folder's entries into the parent" "$timings/overlay" "$timings/floor"
+    table_row "floor: \`cp --reflink=always\` of the changed files" "$timings/floor" "$timings/floor"
+)
 verdict="within"
 awk -v r="$worlds_per_floor" 'BEGIN { exit !(r > 2) }' && verdict="not within"
 
@@ -334,10 +298,11 @@ its CPU count), which inflates the absolute times more than the ratios.
 "
 fi
 
+set_trial_note "$runs"
 section=$(cat <<EOF
 ## Merging a child world
 
-\`world merge CHILD\` applies the changes that CHILD made since its base to
+${trial}\`world merge CHILD\` applies the changes that CHILD made since its base to
 its parent, all or nothing. It takes a pre-merge snapshot of the parent and
 journals the plan. Then it clones the data of each changed file into the
 parent with a reflink, renames it into place, syncs, and moves the child's
@@ -351,11 +316,7 @@ in the child, with \`patch\`, the difference between that tree and the one of
 $new_version made with \`diff -ruN\` ($patch_files files). \`world diff\` then
 lists $changes changes ($kinds).
 
-| method | median | min | max |
-| --- | ---: | ---: | ---: |
-| \`world merge child\` | $worlds_median ms | $worlds_min ms | $worlds_max ms |
-| floor: \`cp --reflink=always\` of the changed files | $floor_median ms | $floor_min ms | $floor_max ms |
-| overlayfs: rename the upper folder's entries into the parent | $overlay_median ms | $overlay_min ms | $overlay_max ms |
+$table
 
 Ratios of the medians: worlds over floor **$worlds_per_floor** ($verdict the
 target of 2), worlds over overlayfs **$worlds_per_overlay**.
@@ -403,9 +364,8 @@ $busy_note- Script: \`bench/merge.sh\`, $revision, release build
 - Tools: $(cp --version | head -n 1), $(patch --version | head -n 1), perl $(perl -e 'print $^V')
 - Date: $(date -u +%Y-%m-%d)
 - To measure again and update this section: \`sudo bench/merge.sh --write\`,
-  or \`sudo scripts/bench.sh\` for every benchmark. It uses the trees and the
-  patch that \`bench/diff.sh\` keeps in the cache.
-  WORLDS_BENCH_MERGE_VERSIONS picks other versions, WORLDS_BENCH_RUNS
+  or \`sudo scripts/bench.sh\` for every benchmark.
+  WORLDS_BENCH_VERSIONS picks other versions, WORLDS_BENCH_RUNS
   the number of runs, and WORLDS_BENCH_REVISION=HEAD measures the last
   commit instead of the working tree.
 EOF
