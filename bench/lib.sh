@@ -442,7 +442,7 @@ cleanup() {
         else
             rm -rf "$store"
         fi
-        if losetup -a | grep -qF "$store/"; then
+        if losetup -a | grep -cF "$store/" >/dev/null; then
             log "loop devices of $store are still attached:"
             losetup -a | grep -F "$store/" >&2
             status=1
@@ -485,7 +485,7 @@ describe_machine() {
 describe_revision() {
     local commit dirty=
     commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    if git -C "$repo" status --porcelain -- Cargo.toml Cargo.lock lib cli 2>/dev/null | grep -q .; then
+    if git -C "$repo" status --porcelain -- Cargo.toml Cargo.lock lib cli 2>/dev/null | grep -c . >/dev/null; then
         dirty=", with uncommitted changes to the code"
     fi
     printf 'worlds %s%s\n' "$commit" "$dirty"

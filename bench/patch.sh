@@ -148,7 +148,7 @@ start_auditd() {
 # cleaned up, because our auditd logs into the store folder.
 stop_auditd() {
     command -v auditctl >/dev/null || return 0
-    if auditctl -l 2>/dev/null | grep -qF "key=$audit_key"; then
+    if auditctl -l 2>/dev/null | grep -cF "key=$audit_key" >/dev/null; then
         auditctl -D -k "$audit_key" >/dev/null || log "could not remove the audit rules with key $audit_key"
     fi
     if [[ -n $auditd_pid && $auditd_pid != 0 ]]; then
@@ -262,7 +262,10 @@ prepare_workload
 # and `world set NAME` lists the access set.
 has_tracking=false
 no_track=()
-if "$world" start --help | grep -q -- '--no-track'; then
+# The help goes into a variable: with pipefail, `grep -q` closing the pipe
+# early would make the pipeline fail.
+start_help=$("$world" start --help)
+if [[ $start_help == *--no-track* ]]; then
     has_tracking=true
     no_track=(--no-track)
 fi

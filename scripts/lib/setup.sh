@@ -18,7 +18,7 @@ ensure_packages() {
     local missing=()
     local package
     for package in "$@"; do
-        if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed'; then
+        if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -c 'ok installed' >/dev/null; then
             missing+=("$package")
         fi
     done
