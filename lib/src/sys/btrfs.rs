@@ -219,6 +219,9 @@ pub struct SubvolumeInfo {
     pub otransid: u64,
     /// The last transaction that changed the subvolume.
     pub ctransid: u64,
+    /// The last committed transaction that wrote the subvolume's tree. A
+    /// change made after the commit lands in a later transaction.
+    pub generation: u64,
 }
 
 /// Returns facts about the subvolume whose root directory is `subvolume`.
@@ -251,6 +254,7 @@ pub fn subvolume_info(subvolume: &File) -> io::Result<SubvolumeInfo> {
         id: args.treeid,
         otransid: args.otransid,
         ctransid: args.ctransid,
+        generation: args.generation,
     })
 }
 
