@@ -3,8 +3,10 @@
 //! changes.
 //!
 //! The caller orders the steps, and [`apply`] carries out each one exactly
-//! as given, in order, and stops at the first failure. Removals of a subtree come
-//! deepest first, and directories come before their contents. Adding,
+//! as given, in order, and stops at the first failure. Long runs of puts
+//! run on a few threads, each taking a range of them in order, cut only
+//! where no step needs a directory put before the cut. Removals of a
+//! subtree come deepest first, and directories come before their contents. Adding,
 //! removing or renaming an entry moves its directory's mtime, so a caller
 //! that wants the source's directory times gives a [`Step::SetMetadata`]
 //! for each such directory after its contents.
@@ -60,16 +62,19 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
+use super::schedule;
 use crate::diff::engine;
 use crate::diff::{Entry, FileType};
 use crate::path::WorldPath;
@@ -219,14 +224,26 @@ pub enum StepError {
     RemoveFile(#[source] io::Error),
 }
 
+/// Runs of puts and metadata steps shorter than this stay on one thread,
+/// because starting threads would cost more than they save.
+const PARALLEL_MIN_STEPS: usize = 256;
+/// The most threads that one apply uses.
+const MAX_THREADS: usize = 4;
+
 /// Applies `steps` in order to the tree at `target`, taking entries from
 /// the tree at `source`, and calls `progress` with the number of steps done
-/// after each one.
+/// as they finish.
+///
+/// Long runs of puts and metadata steps are split among a few threads
+/// where no later step needs a directory that an earlier one puts (see
+/// [`super::schedule`]), because btrfs creates, clones and renames files in
+/// parallel. Removals run in order.
 ///
 /// All step paths are checked first, so an invalid one fails before any
 /// step runs. After that the first failing step stops the apply: the steps
 /// before it stay applied, and the temporary entry of the failing step, if
-/// any, is removed.
+/// any, is removed. Other threads stop after their current step, so some
+/// steps after the failing one may be applied too.
 pub fn apply(
     target: &Path,
     source: &Path,
@@ -241,37 +258,91 @@ pub fn apply(
         })?;
     }
 
-    let mut applier = Applier {
-        target: open_root(Tree::Target, target)?,
-        source: open_root(Tree::Source, source)?,
-        target_parent: RefCell::new(None),
-        source_parent: RefCell::new(None),
-        linked: HashMap::new(),
+    let roots = Roots {
+        target: (target, open_root(Tree::Target, target)?),
+        source: (source, open_root(Tree::Source, source)?),
+    };
+    let linked = Mutex::new(HashMap::new());
+    let mut applier = Applier::new(&roots, &linked)?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_THREADS);
+
+    for stage in schedule::stages(steps, threads, PARALLEL_MIN_STEPS) {
+        let [range] = stage.as_slice() else {
+            apply_parallel(&mut applier, &roots, steps, &stage, progress)?;
+            continue;
+        };
+        for index in range.clone() {
+            applier.run(&steps[index])?;
+            progress(index + 1);
+        }
+    }
+    Ok(())
+}
+
+/// Carries out the ranges of one stage at the same time: the first on this
+/// thread with `applier`, each other one on a thread of its own.
+fn apply_parallel(
+    applier: &mut Applier<'_>,
+    roots: &Roots<'_>,
+    steps: &[Step],
+    stage: &[Range<usize>],
+    progress: &dyn Fn(usize),
+) -> Result<(), ApplyError> {
+    let (first, others) = stage.split_first().expect("a stage has a range");
+    let stage_start = first.start;
+    let done = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let run_range = |applier: &mut Applier<'_>, range: Range<usize>, report: &dyn Fn()| {
+        for index in range {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Err(error) = applier.run(&steps[index]) {
+                stop.store(true, Ordering::Relaxed);
+                return Err((index, error));
+            }
+            done.fetch_add(1, Ordering::Relaxed);
+            report();
+        }
+        Ok(())
     };
 
-    for (index, step) in steps.iter().enumerate() {
-        tracing::trace!(?step, "apply");
-        applier.forget_parents(step);
-        match step {
-            Step::Put(path) => applier.put(path).map_err(|source| ApplyError::Put {
-                path: path.clone(),
-                source,
-            })?,
-            Step::Remove(path) => applier.remove(path).map_err(|source| ApplyError::Remove {
-                path: path.clone(),
-                source,
-            })?,
-            Step::SetMetadata(path) => {
-                applier
-                    .set_metadata(path)
-                    .map_err(|source| ApplyError::SetMetadata {
-                        path: path.clone(),
-                        source,
-                    })?
+    let linked = applier.linked;
+    let failures = std::thread::scope(|scope| {
+        let workers: Vec<_> = others
+            .iter()
+            .map(|range| {
+                let range = range.clone();
+                let run_range = &run_range;
+                scope.spawn(move || {
+                    let mut worker =
+                        Applier::new(roots, linked).map_err(|error| (range.start, error))?;
+                    run_range(&mut worker, range, &|| {})
+                })
+            })
+            .collect();
+        let report = || progress(stage_start + done.load(Ordering::Relaxed));
+        let mut failures: Vec<(usize, ApplyError)> = run_range(applier, first.clone(), &report)
+            .err()
+            .into_iter()
+            .collect();
+        for worker in workers {
+            match worker.join() {
+                Ok(result) => failures.extend(result.err()),
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        progress(index + 1);
+        failures
+    });
+    // Another thread may have put a directory that this thread's kept
+    // parents do not know about, so they are opened afresh.
+    applier.forget_all_parents();
+    if let Some((_, error)) = failures.into_iter().min_by_key(|(index, _)| *index) {
+        return Err(error);
     }
+    progress(stage_start + done.load(Ordering::Relaxed));
     Ok(())
 }
 
@@ -281,6 +352,13 @@ fn open_root(tree: Tree, path: &Path) -> Result<Dir, ApplyError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The roots of both trees of an apply, each with the path it was opened
+/// from, for errors.
+struct Roots<'a> {
+    target: (&'a Path, Dir),
+    source: (&'a Path, Dir),
 }
 
 /// Checks that a step's path names an entry beneath the root, or the root
@@ -536,17 +614,69 @@ struct PutFile {
 /// of them share it.
 type OpenParent = RefCell<Option<(Vec<u8>, Rc<Dir>)>>;
 
-struct Applier {
+/// Files put so far from source inodes with more than one link, by the
+/// source's device and inode number. The threads of an apply share it, and
+/// a put of such a file holds the lock until the map has it, so that two
+/// links of one inode never become two files.
+type Linked = Mutex<HashMap<(u64, u64), PutFile>>;
+
+/// What one thread of an apply uses to carry out its steps.
+struct Applier<'a> {
     target: Dir,
     source: Dir,
     target_parent: OpenParent,
     source_parent: OpenParent,
-    /// Files put so far from source inodes with more than one link, by the
-    /// source's device and inode number.
-    linked: HashMap<(u64, u64), PutFile>,
+    linked: &'a Linked,
 }
 
-impl Applier {
+impl<'a> Applier<'a> {
+    /// Makes an applier with its own descriptors of both roots.
+    fn new(roots: &Roots<'_>, linked: &'a Linked) -> Result<Self, ApplyError> {
+        let reopen = |tree, (path, dir): &(&Path, Dir)| {
+            dir.open_dir(b"").map_err(|source| ApplyError::OpenRoot {
+                tree,
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        Ok(Self {
+            target: reopen(Tree::Target, &roots.target)?,
+            source: reopen(Tree::Source, &roots.source)?,
+            target_parent: RefCell::new(None),
+            source_parent: RefCell::new(None),
+            linked,
+        })
+    }
+
+    /// Carries out one step.
+    fn run(&mut self, step: &Step) -> Result<(), ApplyError> {
+        tracing::trace!(?step, "apply");
+        self.forget_parents(step);
+        match step {
+            Step::Put(path) => self.put(path).map_err(|source| ApplyError::Put {
+                path: path.clone(),
+                source,
+            }),
+            Step::Remove(path) => self.remove(path).map_err(|source| ApplyError::Remove {
+                path: path.clone(),
+                source,
+            }),
+            Step::SetMetadata(path) => {
+                self.set_metadata(path)
+                    .map_err(|source| ApplyError::SetMetadata {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Closes every kept parent directory.
+    fn forget_all_parents(&self) {
+        self.target_parent.replace(None);
+        self.source_parent.replace(None);
+    }
+
     fn locate(&self, tree: Tree, path: &WorldPath) -> Result<Location, StepError> {
         let (root, open_parent) = match tree {
             Tree::Target => (&self.target, &self.target_parent),
@@ -616,11 +746,14 @@ impl Applier {
         // to a target file that this call did not put becomes a new file.
         let source_inode = (status.dev, status.ino);
         let has_links = entry.file_type != FileType::Directory && status.nlink > 1;
-        if has_links {
-            if let Some(earlier) = self.linked.get(&source_inode) {
-                if self.put_link(earlier, &target, existing.as_ref())? {
-                    return Ok(());
-                }
+        let mut linked = has_links.then(|| {
+            self.linked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
+        if let Some(earlier) = linked.as_ref().and_then(|map| map.get(&source_inode)) {
+            if self.put_link(earlier, &target, existing.as_ref())? {
+                return Ok(());
             }
         }
 
@@ -653,7 +786,7 @@ impl Applier {
         };
         temporary.place(&target.name)?;
 
-        if has_links {
+        if let Some(map) = linked.as_mut() {
             let made = target
                 .status(Tree::Target)?
                 .ok_or(StepError::TargetMissing)?;
@@ -661,7 +794,7 @@ impl Applier {
                 path: path.clone(),
                 target_inode: (made.dev, made.ino),
             };
-            self.linked.insert(source_inode, put);
+            map.insert(source_inode, put);
         }
         Ok(())
     }
