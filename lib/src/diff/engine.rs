@@ -11,7 +11,7 @@
 //! and compares only those paths and the entries of changed directories
 //! with the base. Deletions and renames show up as changed directories.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -24,6 +24,10 @@ use crate::sys::{btrfs, fs as sysfs};
 
 /// Inode number of a subvolume's root directory.
 const ROOT_INO: u64 = 256;
+/// The maximum number of directory levels that a path is built up from
+/// inode references before the rest is looked up with
+/// `BTRFS_IOC_INO_PATHS`. The limit also ends a loop of references.
+const MAX_DEPTH: usize = 4096;
 /// Files up to this size whose extents differ are compared byte by byte, so
 /// that a rewrite with the same bytes is no change. Larger ones count as
 /// modified without reading them.
@@ -51,49 +55,17 @@ pub fn walk(sides: &Sides<'_>) -> io::Result<Vec<Change>> {
 pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
     let started = std::time::Instant::now();
     let world = File::open(sides.world)?;
-    let mut candidates = BTreeSet::new();
-    let inodes = btrfs::changed_inodes(&world, since)?;
+    let changed = btrfs::changed_inodes(&world, since)?;
     let searched = started.elapsed();
+    let candidates = resolve_paths(&world, &changed)?;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
-    let resolved_paths: Vec<io::Result<Vec<WorldPath>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = inodes
-            .chunks(inodes.len().div_ceil(threads).max(1))
-            .map(|part| {
-                let world = &world;
-                scope.spawn(move || {
-                    let mut paths = Vec::new();
-                    for inode in part {
-                        if inode.ino == ROOT_INO {
-                            paths.push(WorldPath::root());
-                            continue;
-                        }
-                        for path in btrfs::inode_paths(world, inode.ino)? {
-                            paths.push(WorldPath::from_bytes(&path));
-                        }
-                    }
-                    Ok(paths)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("diff worker panicked")))
-            })
-            .collect()
-    });
-    for paths in resolved_paths {
-        candidates.extend(paths?);
-    }
 
     let resolved = started.elapsed();
 
     // Comparing is mostly waiting for inode lookups, so the candidates are
-    // split among a few threads, as the path lookups were.
+    // split among a few threads.
     let list: Vec<&WorldPath> = candidates.iter().collect();
     let chunk = list.len().div_ceil(threads).max(1);
     let parts: Vec<io::Result<Changes>> = std::thread::scope(|scope| {
@@ -136,6 +108,88 @@ pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
         "fast diff"
     );
     Ok(changes.into_values().collect())
+}
+
+/// Returns the paths of the changed inodes in `changed`, relative to the
+/// root of the subvolume `world`.
+///
+/// An inode with one link has one reference, and the path of its directory
+/// is built up from the references that the search returned. Where one is
+/// missing, because it lies in a tree block that did not change, the path
+/// comes from `BTRFS_IOC_INO_PATHS`, as it does for an inode with more
+/// links. Directories are looked up once each.
+fn resolve_paths(world: &File, changed: &btrfs::TreeChanges) -> io::Result<BTreeSet<WorldPath>> {
+    let mut names: HashMap<u64, Vec<&btrfs::InodeName>> = HashMap::new();
+    for name in &changed.names {
+        names.entry(name.ino).or_default().push(name);
+    }
+    let only_name = |ino: u64| match names.get(&ino).map(Vec::as_slice) {
+        Some([name]) => Some(*name),
+        _ => None,
+    };
+    let mut directories: HashMap<u64, Option<Vec<u8>>> = HashMap::new();
+    directories.insert(ROOT_INO, Some(Vec::new()));
+
+    let mut paths = BTreeSet::new();
+    for inode in &changed.inodes {
+        if inode.ino == ROOT_INO {
+            paths.insert(WorldPath::root());
+            continue;
+        }
+        let name = (inode.nlink == 1).then(|| only_name(inode.ino)).flatten();
+        let Some(name) = name else {
+            for path in btrfs::inode_paths(world, inode.ino)? {
+                paths.insert(WorldPath::from_bytes(&path));
+            }
+            continue;
+        };
+        if let Some(parent) = directory_path(world, name.parent, &only_name, &mut directories)? {
+            paths.insert(WorldPath::from_bytes(&parent).join(&name.name));
+        }
+    }
+    Ok(paths)
+}
+
+/// Returns the path of directory `ino`, or `None` when it has none (an
+/// unlinked directory), and remembers it in `known`.
+fn directory_path<'a>(
+    world: &File,
+    ino: u64,
+    only_name: &dyn Fn(u64) -> Option<&'a btrfs::InodeName>,
+    known: &mut HashMap<u64, Option<Vec<u8>>>,
+) -> io::Result<Option<Vec<u8>>> {
+    // Climb through the references until a directory whose path is known.
+    let mut chain: Vec<&btrfs::InodeName> = Vec::new();
+    let mut current = ino;
+    let mut path = loop {
+        if let Some(path) = known.get(&current) {
+            break path.clone();
+        }
+        match only_name(current) {
+            Some(name) if chain.len() < MAX_DEPTH => {
+                chain.push(name);
+                current = name.parent;
+            }
+            _ => {
+                let found = btrfs::inode_paths(world, current)?.into_iter().next();
+                known.insert(current, found.clone());
+                break found;
+            }
+        }
+    };
+
+    // Walk back down, remembering each directory on the way.
+    for name in chain.iter().rev() {
+        path = path.map(|mut parent| {
+            if !parent.is_empty() {
+                parent.push(b'/');
+            }
+            parent.extend_from_slice(&name.name);
+            parent
+        });
+        known.insert(name.ino, path.clone());
+    }
+    Ok(path)
 }
 
 /// Compares the entries of directory `dir` on both sides by name and inode
