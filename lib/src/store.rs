@@ -1003,9 +1003,8 @@ impl Store {
     }
 
     /// Prepares a diff like [`Store::open_diff`] that always reads a
-    /// read-only snapshot of the subject, as a merge needs: its source must
-    /// not change while it is applied, and the snapshot's creation marks
-    /// the instant the merge read.
+    /// read-only snapshot of the subject, even a stopped one, so that the
+    /// tree stays as it was read while the caller copies from it.
     pub fn open_diff_snapshot(&self, child: &WorldName, subject: DiffSubject) -> Result<DiffView> {
         self.open_diff_view(child, subject, true)
     }
