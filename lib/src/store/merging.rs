@@ -46,6 +46,10 @@ use crate::sys::btrfs;
 pub(super) const PREMERGE_DIR: &str = "premerge";
 /// How often a merge tries to freeze a running parent before it fails.
 const FREEZE_ATTEMPTS: u32 = 3;
+/// Applies of at least this many steps start writing out the parent when
+/// they are half done. The number is a rough guess of where the syncfs
+/// after a smaller apply is short anyway.
+const EARLY_SYNC_MIN_STEPS: usize = 1024;
 /// How many merges into one parent keep their pre-merge snapshots, unless
 /// [`MergeOptions::keep`] sets another number.
 pub const KEEP_PREMERGE: usize = 5;
@@ -321,15 +325,28 @@ impl Store {
         let total = plan.steps.len();
         let crash_mid_merge = self.crash_point == Some(super::CrashPoint::MidMerge);
         let target = self.world_path(parent);
-        self.frozen(parent, |_| {
-            apply::apply(&target, apply_source, &plan.steps, &|done| {
-                if crash_mid_merge && done * 2 >= total {
-                    std::process::abort();
-                }
-                progress(MergeProgress { done, total })
+        // Half way through a long apply, a thread starts writing out what
+        // it made so far, so that the syncfs after it has less to wait for.
+        // An early commit changes nothing for recovery, because the journal
+        // still records the merge as `applying`.
+        let target_dir = File::open(&target).map_err(merge_error)?;
+        let early_sync = std::sync::Once::new();
+        let applied = std::thread::scope(|scope| {
+            self.frozen(parent, |_| {
+                apply::apply(&target, apply_source, &plan.steps, &|done| {
+                    if crash_mid_merge && done * 2 >= total {
+                        std::process::abort();
+                    }
+                    if total >= EARLY_SYNC_MIN_STEPS && done * 2 >= total {
+                        early_sync.call_once(|| {
+                            scope.spawn(|| sync_quietly(&target_dir));
+                        });
+                    }
+                    progress(MergeProgress { done, total })
+                })
             })
-        })?
-        .map_err(|error| StoreError::Apply {
+        });
+        applied?.map_err(|error| StoreError::Apply {
             world: parent.clone(),
             source: error,
         })?;
@@ -829,6 +846,15 @@ fn text_merge(
     plan.conflicts
         .sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
     merged
+}
+
+/// Writes out the filesystem that contains `dir` with syncfs(2). A failure
+/// is logged and not returned, because the caller syncs again afterwards.
+fn sync_quietly(dir: &File) {
+    use std::os::fd::AsRawFd;
+    if let Err(error) = nix::unistd::syncfs(dir.as_raw_fd()) {
+        tracing::debug!(%error, "early syncfs failed; the sync after the apply retries");
+    }
 }
 
 /// Snapshots the subvolume at `source` to `dest`, whose parent directory
