@@ -290,7 +290,9 @@ fn apply_parallel(
     stage: &[Range<usize>],
     progress: &dyn Fn(usize),
 ) -> Result<(), ApplyError> {
-    let (first, others) = stage.split_first().expect("a stage has a range");
+    let Some((first, others)) = stage.split_first() else {
+        return Ok(());
+    };
     let stage_start = first.start;
     let done = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
