@@ -511,12 +511,17 @@ impl Db {
     /// Returns the merges in `states`, oldest first, optionally only those
     /// into `parent`.
     pub fn merges(&self, states: &[MergeState], parent: Option<&str>) -> Result<Vec<MergeRecord>> {
-        let mut statement = self.connection.prepare(
+        // The state is filtered in SQL because the columns after `plan` lie
+        // behind its overflow pages, which SQLite then reads only for the
+        // rows that match.
+        let placeholders = vec!["?"; states.len()].join(", ");
+        let mut statement = self.connection.prepare(&format!(
             "SELECT id, parent, child, state, started_ms, prev_since_world, prev_since_parent,
                         next_since_world, next_since_parent
-                 FROM merges ORDER BY id",
-        )?;
-        let rows = statement.query_map([], |row| {
+                 FROM merges WHERE state IN ({placeholders}) ORDER BY id"
+        ))?;
+        let names = states.iter().map(|state| state.as_str());
+        let rows = statement.query_map(rusqlite::params_from_iter(names), |row| {
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, String>(1)?,

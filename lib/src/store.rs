@@ -274,6 +274,8 @@ pub struct DiffView {
     /// Whether `world` is a snapshot that this view removes when dropped.
     snapshot: bool,
     since: u64,
+    /// The transaction up to which `world` shows the subject's changes.
+    read_at: u64,
 }
 
 impl DiffView {
@@ -290,6 +292,20 @@ impl DiffView {
     /// Returns the root of the subject's snapshot: the "after" side.
     pub fn world_root(&self) -> &Path {
         &self.world
+    }
+
+    /// Returns the transaction up to which the view shows the subject's
+    /// changes: every later change to the subject has a higher transaction
+    /// id. For a snapshot it is the snapshot's creation, and for a world
+    /// read in place the last commit that wrote it, after the syncfs.
+    pub fn read_at(&self) -> u64 {
+        self.read_at
+    }
+
+    /// Returns whether the view reads a read-only snapshot of its subject
+    /// rather than the world in place.
+    pub fn is_snapshot(&self) -> bool {
+        self.snapshot
     }
 
     /// Computes the changes.
@@ -989,9 +1005,8 @@ impl Store {
     }
 
     /// Prepares a diff like [`Store::open_diff`] that always reads a
-    /// read-only snapshot of the subject, as a merge needs: its source must
-    /// not change while it is applied, and the snapshot's creation marks
-    /// the instant the merge read.
+    /// read-only snapshot of the subject, even a stopped one, so that the
+    /// tree stays as it was read while the caller copies from it.
     pub fn open_diff_snapshot(&self, child: &WorldName, subject: DiffSubject) -> Result<DiffView> {
         self.open_diff_view(child, subject, true)
     }
@@ -1045,12 +1060,14 @@ impl Store {
 
         if !snapshot {
             let world = self.world_path(&subject);
-            File::open(&world)
+            let read_at = File::open(&world)
                 .and_then(|dir| {
                     use std::os::fd::AsRawFd;
-                    nix::unistd::syncfs(dir.as_raw_fd()).map_err(io::Error::from)
+                    nix::unistd::syncfs(dir.as_raw_fd()).map_err(io::Error::from)?;
+                    btrfs::subvolume_info(&dir)
                 })
-                .map_err(diff_error)?;
+                .map_err(diff_error)?
+                .generation;
             return Ok(DiffView {
                 subject,
                 child: child.clone(),
@@ -1058,6 +1075,7 @@ impl Store {
                 world,
                 snapshot: false,
                 since,
+                read_at,
             });
         }
         let tmp_name = format!("{DIFF_PREFIX}{}.{subject}", own_token());
@@ -1068,14 +1086,21 @@ impl Store {
                 btrfs::snapshot(&source, &tmp, OsStr::new(&tmp_name), true)
             })
             .map_err(diff_error)?;
-        Ok(DiffView {
-            subject,
+        let mut view = DiffView {
+            subject: subject.clone(),
             child: child.clone(),
             base,
             world,
             snapshot: true,
             since,
-        })
+            read_at: 0,
+        };
+        // The view owns the snapshot from here, and removes it on an error.
+        view.read_at = File::open(&view.world)
+            .and_then(|snapshot| btrfs::subvolume_info(&snapshot))
+            .map_err(diff_error)?
+            .otransid;
+        Ok(view)
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {

@@ -11,7 +11,7 @@
 //! and compares only those paths and the entries of changed directories
 //! with the base. Deletions and renames show up as changed directories.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -24,6 +24,10 @@ use crate::sys::{btrfs, fs as sysfs};
 
 /// Inode number of a subvolume's root directory.
 const ROOT_INO: u64 = 256;
+/// The maximum number of directory levels that a path is built up from
+/// inode references before the rest is looked up with
+/// `BTRFS_IOC_INO_PATHS`. The limit also ends a loop of references.
+const MAX_DEPTH: usize = 4096;
 /// Files up to this size whose extents differ are compared byte by byte, so
 /// that a rewrite with the same bytes is no change. Larger ones count as
 /// modified without reading them.
@@ -51,49 +55,17 @@ pub fn walk(sides: &Sides<'_>) -> io::Result<Vec<Change>> {
 pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
     let started = std::time::Instant::now();
     let world = File::open(sides.world)?;
-    let mut candidates = BTreeSet::new();
-    let inodes = btrfs::changed_inodes(&world, since)?;
+    let changed = btrfs::changed_inodes(&world, since)?;
     let searched = started.elapsed();
+    let candidates = resolve_paths(&world, &changed)?;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
-    let resolved_paths: Vec<io::Result<Vec<WorldPath>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = inodes
-            .chunks(inodes.len().div_ceil(threads).max(1))
-            .map(|part| {
-                let world = &world;
-                scope.spawn(move || {
-                    let mut paths = Vec::new();
-                    for inode in part {
-                        if inode.ino == ROOT_INO {
-                            paths.push(WorldPath::root());
-                            continue;
-                        }
-                        for path in btrfs::inode_paths(world, inode.ino)? {
-                            paths.push(WorldPath::from_bytes(&path));
-                        }
-                    }
-                    Ok(paths)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("diff worker panicked")))
-            })
-            .collect()
-    });
-    for paths in resolved_paths {
-        candidates.extend(paths?);
-    }
 
     let resolved = started.elapsed();
 
     // Comparing is mostly waiting for inode lookups, so the candidates are
-    // split among a few threads, as the path lookups were.
+    // split among a few threads.
     let list: Vec<&WorldPath> = candidates.iter().collect();
     let chunk = list.len().div_ceil(threads).max(1);
     let parts: Vec<io::Result<Changes>> = std::thread::scope(|scope| {
@@ -104,8 +76,8 @@ pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
                 scope.spawn(move || {
                     let mut changes = Changes::new();
                     for path in part {
-                        record(&mut changes, compare(sides, path)?);
-                        let in_world = lstat(&path.under(sides.world))?;
+                        let (change, in_world) = compare_status(sides, path)?;
+                        record(&mut changes, change);
                         if in_world.as_ref().is_some_and(Metadata::is_dir) {
                             compare_entries(sides, path, candidates, &mut changes)?;
                         }
@@ -138,6 +110,88 @@ pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
     Ok(changes.into_values().collect())
 }
 
+/// Returns the paths of the changed inodes in `changed`, relative to the
+/// root of the subvolume `world`.
+///
+/// An inode with one link has one reference, and the path of its directory
+/// is built up from the references that the search returned. Where one is
+/// missing, because it lies in a tree block that did not change, the path
+/// comes from `BTRFS_IOC_INO_PATHS`, as it does for an inode with more
+/// links. Directories are looked up once each.
+fn resolve_paths(world: &File, changed: &btrfs::TreeChanges) -> io::Result<BTreeSet<WorldPath>> {
+    let mut names: HashMap<u64, Vec<&btrfs::InodeName>> = HashMap::new();
+    for name in &changed.names {
+        names.entry(name.ino).or_default().push(name);
+    }
+    let only_name = |ino: u64| match names.get(&ino).map(Vec::as_slice) {
+        Some([name]) => Some(*name),
+        _ => None,
+    };
+    let mut directories: HashMap<u64, Option<Vec<u8>>> = HashMap::new();
+    directories.insert(ROOT_INO, Some(Vec::new()));
+
+    let mut paths = BTreeSet::new();
+    for inode in &changed.inodes {
+        if inode.ino == ROOT_INO {
+            paths.insert(WorldPath::root());
+            continue;
+        }
+        let name = (inode.nlink == 1).then(|| only_name(inode.ino)).flatten();
+        let Some(name) = name else {
+            for path in btrfs::inode_paths(world, inode.ino)? {
+                paths.insert(WorldPath::from_bytes(&path));
+            }
+            continue;
+        };
+        if let Some(parent) = directory_path(world, name.parent, &only_name, &mut directories)? {
+            paths.insert(WorldPath::from_bytes(&parent).join(&name.name));
+        }
+    }
+    Ok(paths)
+}
+
+/// Returns the path of directory `ino`, or `None` when it has none (an
+/// unlinked directory), and remembers it in `known`.
+fn directory_path<'a>(
+    world: &File,
+    ino: u64,
+    only_name: &dyn Fn(u64) -> Option<&'a btrfs::InodeName>,
+    known: &mut HashMap<u64, Option<Vec<u8>>>,
+) -> io::Result<Option<Vec<u8>>> {
+    // Climb through the references until a directory whose path is known.
+    let mut chain: Vec<&btrfs::InodeName> = Vec::new();
+    let mut current = ino;
+    let mut path = loop {
+        if let Some(path) = known.get(&current) {
+            break path.clone();
+        }
+        match only_name(current) {
+            Some(name) if chain.len() < MAX_DEPTH => {
+                chain.push(name);
+                current = name.parent;
+            }
+            _ => {
+                let found = btrfs::inode_paths(world, current)?.into_iter().next();
+                known.insert(current, found.clone());
+                break found;
+            }
+        }
+    };
+
+    // Walk back down, remembering each directory on the way.
+    for name in chain.iter().rev() {
+        path = path.map(|mut parent| {
+            if !parent.is_empty() {
+                parent.push(b'/');
+            }
+            parent.extend_from_slice(&name.name);
+            parent
+        });
+        known.insert(name.ino, path.clone());
+    }
+    Ok(path)
+}
+
 /// Compares the entries of directory `dir` on both sides by name and inode
 /// number, descending where an entry was added, deleted or replaced.
 fn compare_entries(
@@ -150,12 +204,10 @@ fn compare_entries(
     let after = read_dir(&dir.under(sides.world))?;
     let names: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
     for name in names {
+        let (in_base, in_world) = (before.get(name), after.get(name));
         // An entry that still names the same inode changed only if that
         // inode did, and then it is a candidate of its own.
-        if before
-            .get(name)
-            .is_some_and(|ino| after.get(name) == Some(ino))
-        {
+        if in_base.is_some_and(|base| in_world.is_some_and(|world| world.ino == base.ino)) {
             continue;
         }
         let path = dir.join(name);
@@ -164,7 +216,14 @@ fn compare_entries(
         if !candidates.contains(&path) {
             record(changes, compare(sides, &path)?);
         }
-        descend(sides, &path, changes)?;
+        // Only a directory on either side has anything below it. The type
+        // comes from the directory entry, and `descend` looks up an entry
+        // whose type could not be read.
+        let maybe_dir =
+            |listed: Option<&Listed>| listed.is_some_and(|entry| entry.dir != Some(false));
+        if maybe_dir(in_base) || maybe_dir(in_world) {
+            descend(sides, &path, changes)?;
+        }
     }
     Ok(())
 }
@@ -237,11 +296,34 @@ fn record(changes: &mut Changes, change: Option<Change>) {
 
 /// Compares one path on both sides and returns its change, if any.
 pub fn compare(sides: &Sides<'_>, path: &WorldPath) -> io::Result<Option<Change>> {
+    Ok(compare_status(sides, path)?.0)
+}
+
+/// Compares one path on both sides like [`compare`], and also returns the
+/// world side's attributes, or `None` when the path is missing there.
+fn compare_status(
+    sides: &Sides<'_>,
+    path: &WorldPath,
+) -> io::Result<(Option<Change>, Option<Metadata>)> {
     let base_host = path.under(sides.base);
     let world_host = path.under(sides.world);
     let base_metadata = lstat(&base_host)?;
     let world_metadata = lstat(&world_host)?;
-    if let (Some(before), Some(after)) = (&base_metadata, &world_metadata) {
+    let change = compare_metadata(
+        path,
+        (&base_host, base_metadata.as_ref()),
+        (&world_host, world_metadata.as_ref()),
+    )?;
+    Ok((change, world_metadata))
+}
+
+/// Compares one path given the host path and attributes of each side.
+fn compare_metadata(
+    path: &WorldPath,
+    (base_host, base_metadata): (&Path, Option<&Metadata>),
+    (world_host, world_metadata): (&Path, Option<&Metadata>),
+) -> io::Result<Option<Change>> {
+    if let (Some(before), Some(after)) = (base_metadata, world_metadata) {
         let untouched = before.ino() == after.ino()
             && before.ctime() == after.ctime()
             && before.ctime_nsec() == after.ctime_nsec();
@@ -251,18 +333,16 @@ pub fn compare(sides: &Sides<'_>, path: &WorldPath) -> io::Result<Option<Change>
     }
 
     let before = base_metadata
-        .as_ref()
-        .map(|metadata| read_entry(&base_host, metadata))
+        .map(|metadata| read_entry(base_host, metadata))
         .transpose()?;
     let after = world_metadata
-        .as_ref()
-        .map(|metadata| read_entry(&world_host, metadata))
+        .map(|metadata| read_entry(world_host, metadata))
         .transpose()?;
     let data_changed = match (&before, &after) {
         (Some(b), Some(a))
             if b.file_type == FileType::Regular && a.file_type == FileType::Regular =>
         {
-            b.size == a.size && data_differs(&base_host, &world_host, a.size)?
+            b.size == a.size && data_differs(base_host, world_host, a.size)?
         }
         _ => false,
     };
@@ -348,27 +428,46 @@ pub fn same_data(a: &Path, b: &Path) -> io::Result<bool> {
 /// Reads the attributes of the file at `host`, not following a final
 /// symlink.
 pub fn read_entry(host: &Path, metadata: &Metadata) -> io::Result<Entry> {
-    let file_type = FileType::from_mode(metadata.mode())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown file type"))?;
+    let status = sysfs::Status::from(metadata);
+    let file_type = file_type(&status)?;
     let target = match file_type {
         FileType::Symlink => Some(fs::read_link(host)?.into_os_string().as_bytes().to_vec()),
         _ => None,
     };
+    Ok(entry_of(&status, file_type, target, sysfs::xattrs(host)?))
+}
+
+/// Returns the file type in `status`, or an error for a type that Linux
+/// does not define.
+pub fn file_type(status: &sysfs::Status) -> io::Result<FileType> {
+    FileType::from_mode(status.mode)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown file type"))
+}
+
+/// Builds the entry of a file of `file_type` from its status, its symlink
+/// target and its extended attributes, read by the caller.
+pub fn entry_of(
+    status: &sysfs::Status,
+    file_type: FileType,
+    target: Option<Vec<u8>>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Entry {
     let rdev =
-        matches!(file_type, FileType::CharDevice | FileType::BlockDevice).then(|| metadata.rdev());
-    Ok(Entry {
+        matches!(file_type, FileType::CharDevice | FileType::BlockDevice).then_some(status.rdev);
+    let (mtime, mtime_nsec) = status.mtime;
+    Entry {
         file_type,
-        size: metadata.size(),
-        mode: metadata.mode() & 0o7777,
-        uid: metadata.uid(),
-        gid: metadata.gid(),
-        mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000 + i128::from(metadata.mtime_nsec()),
+        size: status.size,
+        mode: status.mode & 0o7777,
+        uid: status.uid,
+        gid: status.gid,
+        mtime_ns: i128::from(mtime) * 1_000_000_000 + i128::from(mtime_nsec),
         target,
         rdev,
-        xattrs: sysfs::xattrs(host)?,
-        ino: metadata.ino(),
-        nlink: metadata.nlink(),
-    })
+        xattrs,
+        ino: status.ino,
+        nlink: status.nlink,
+    }
 }
 
 fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
@@ -381,9 +480,18 @@ fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
     }
 }
 
-/// Returns the entries of directory `path` by name with their inode
-/// numbers, or none when it is missing or not a directory.
-fn read_dir(path: &Path) -> io::Result<BTreeMap<Vec<u8>, u64>> {
+/// An entry of a directory listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Listed {
+    ino: u64,
+    /// Whether the entry is a directory, from the `d_type` of
+    /// getdents(2), or `None` when its type could not be read.
+    dir: Option<bool>,
+}
+
+/// Returns the entries of directory `path` by name, or none when it is
+/// missing or not a directory.
+fn read_dir(path: &Path) -> io::Result<BTreeMap<Vec<u8>, Listed>> {
     let entries = match fs::read_dir(path) {
         Ok(entries) => entries,
         Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
@@ -394,7 +502,13 @@ fn read_dir(path: &Path) -> io::Result<BTreeMap<Vec<u8>, u64>> {
     let mut names = BTreeMap::new();
     for entry in entries {
         let entry = entry?;
-        names.insert(entry.file_name().as_bytes().to_vec(), entry.ino());
+        // std reads the type from `d_type` and calls lstat only when it is
+        // `DT_UNKNOWN`. btrfs always fills it in.
+        let listed = Listed {
+            ino: entry.ino(),
+            dir: entry.file_type().ok().map(|file_type| file_type.is_dir()),
+        };
+        names.insert(entry.file_name().as_bytes().to_vec(), listed);
     }
     Ok(names)
 }

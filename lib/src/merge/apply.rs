@@ -3,8 +3,10 @@
 //! changes.
 //!
 //! The caller orders the steps, and [`apply`] carries out each one exactly
-//! as given, in order, and stops at the first failure. Removals of a subtree come
-//! deepest first, and directories come before their contents. Adding,
+//! as given, in order, and stops at the first failure. Long runs of puts
+//! run on a few threads, each taking a range of them in order, cut only
+//! where no step needs a directory put before the cut. Removals of a
+//! subtree come deepest first, and directories come before their contents. Adding,
 //! removing or renaming an entry moves its directory's mtime, so a caller
 //! that wants the source's directory times gives a [`Step::SetMetadata`]
 //! for each such directory after its contents.
@@ -15,7 +17,9 @@
 //! symlinks such as `etc -> /`. Every step opens the parent directory of
 //! its path beneath the tree's root without following symlinks
 //! ([`Dir::open_dir`]), then acts on the last component with `*at` calls
-//! that do not follow it either. A path that crosses a symlink in either
+//! that do not follow it either. The next steps in the same parent
+//! directory reuse it while it is open, until a step removes or replaces
+//! that directory or one above it. A path that crosses a symlink in either
 //! tree fails with [`StepError::SymlinkInParent`], and one that crosses a
 //! mount point fails with [`StepError::MountInParent`], so nothing is
 //! written outside the target.
@@ -33,7 +37,9 @@
 //! Attributes are set in this order: owner, mode, extended attributes,
 //! then access and modification times. chown(2) clears the setuid and
 //! setgid bits and `security.capability`, so mode and xattrs follow it,
-//! and the times come last because making the entry moved them.
+//! and the times come last because making the entry moved them. A regular
+//! file is read and given its attributes through open descriptors, and an
+//! attribute that already has the source's value is not set again.
 //!
 //! # Limitations
 //!
@@ -47,27 +53,33 @@
 //! - Of the inode flags that chattr(1) sets, only nodatacow (`+C`) is
 //!   copied, because cloning needs it. Others such as immutable (`+i`) or
 //!   append-only (`+a`) are not, and the diff does not compare them either.
-//! - Extended attributes and `lstat` go through `/proc/self/fd`, so procfs
-//!   must be mounted at `/proc`.
+//! - Extended attributes of entries other than regular files go through
+//!   `/proc/self/fd`, so procfs must be mounted at `/proc`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use nix::sys::stat::SFlag;
+use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
 
-use crate::diff::engine::read_entry;
+use super::schedule;
+use crate::diff::engine;
 use crate::diff::{Entry, FileType};
 use crate::path::WorldPath;
 use crate::sys::beneath::Dir;
-use crate::sys::fs as sysfs;
+use crate::sys::fs::{self as sysfs, Status};
 
 /// One step of applying changes to a target tree.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -212,14 +224,26 @@ pub enum StepError {
     RemoveFile(#[source] io::Error),
 }
 
+/// Runs of puts and metadata steps shorter than this stay on one thread,
+/// because starting threads would cost more than they save.
+const PARALLEL_MIN_STEPS: usize = 256;
+/// The most threads that one apply uses.
+const MAX_THREADS: usize = 4;
+
 /// Applies `steps` in order to the tree at `target`, taking entries from
 /// the tree at `source`, and calls `progress` with the number of steps done
-/// after each one.
+/// as they finish.
+///
+/// Long runs of puts and metadata steps are split among a few threads
+/// where no later step needs a directory that an earlier one puts (see
+/// [`super::schedule`]), because btrfs creates, clones and renames files in
+/// parallel. Removals run in order.
 ///
 /// All step paths are checked first, so an invalid one fails before any
 /// step runs. After that the first failing step stops the apply: the steps
 /// before it stay applied, and the temporary entry of the failing step, if
-/// any, is removed.
+/// any, is removed. Other threads stop after their current step, so some
+/// steps after the failing one may be applied too.
 pub fn apply(
     target: &Path,
     source: &Path,
@@ -234,34 +258,93 @@ pub fn apply(
         })?;
     }
 
-    let mut applier = Applier {
-        target: open_root(Tree::Target, target)?,
-        source: open_root(Tree::Source, source)?,
-        linked: HashMap::new(),
+    let roots = Roots {
+        target: (target, open_root(Tree::Target, target)?),
+        source: (source, open_root(Tree::Source, source)?),
+    };
+    let linked = Mutex::new(HashMap::new());
+    let mut applier = Applier::new(&roots, &linked)?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_THREADS);
+
+    for stage in schedule::stages(steps, threads, PARALLEL_MIN_STEPS) {
+        let [range] = stage.as_slice() else {
+            apply_parallel(&mut applier, &roots, steps, &stage, progress)?;
+            continue;
+        };
+        for index in range.clone() {
+            applier.run(&steps[index])?;
+            progress(index + 1);
+        }
+    }
+    Ok(())
+}
+
+/// Carries out the ranges of one stage at the same time: the first on this
+/// thread with `applier`, each other one on a thread of its own.
+fn apply_parallel(
+    applier: &mut Applier<'_>,
+    roots: &Roots<'_>,
+    steps: &[Step],
+    stage: &[Range<usize>],
+    progress: &dyn Fn(usize),
+) -> Result<(), ApplyError> {
+    let Some((first, others)) = stage.split_first() else {
+        return Ok(());
+    };
+    let stage_start = first.start;
+    let done = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let run_range = |applier: &mut Applier<'_>, range: Range<usize>, report: &dyn Fn()| {
+        for index in range {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Err(error) = applier.run(&steps[index]) {
+                stop.store(true, Ordering::Relaxed);
+                return Err((index, error));
+            }
+            done.fetch_add(1, Ordering::Relaxed);
+            report();
+        }
+        Ok(())
     };
 
-    for (index, step) in steps.iter().enumerate() {
-        tracing::trace!(?step, "apply");
-        match step {
-            Step::Put(path) => applier.put(path).map_err(|source| ApplyError::Put {
-                path: path.clone(),
-                source,
-            })?,
-            Step::Remove(path) => applier.remove(path).map_err(|source| ApplyError::Remove {
-                path: path.clone(),
-                source,
-            })?,
-            Step::SetMetadata(path) => {
-                applier
-                    .set_metadata(path)
-                    .map_err(|source| ApplyError::SetMetadata {
-                        path: path.clone(),
-                        source,
-                    })?
+    let linked = applier.linked;
+    let failures = std::thread::scope(|scope| {
+        let workers: Vec<_> = others
+            .iter()
+            .map(|range| {
+                let range = range.clone();
+                let run_range = &run_range;
+                scope.spawn(move || {
+                    let mut worker =
+                        Applier::new(roots, linked).map_err(|error| (range.start, error))?;
+                    run_range(&mut worker, range, &|| {})
+                })
+            })
+            .collect();
+        let report = || progress(stage_start + done.load(Ordering::Relaxed));
+        let mut failures: Vec<(usize, ApplyError)> = run_range(applier, first.clone(), &report)
+            .err()
+            .into_iter()
+            .collect();
+        for worker in workers {
+            match worker.join() {
+                Ok(result) => failures.extend(result.err()),
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        progress(index + 1);
+        failures
+    });
+    // Another thread may have put a directory that this thread's kept
+    // parents do not know about, so they are opened afresh.
+    applier.forget_all_parents();
+    if let Some((_, error)) = failures.into_iter().min_by_key(|(index, _)| *index) {
+        return Err(error);
     }
+    progress(stage_start + done.load(Ordering::Relaxed));
     Ok(())
 }
 
@@ -271,6 +354,13 @@ fn open_root(tree: Tree, path: &Path) -> Result<Dir, ApplyError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The roots of both trees of an apply, each with the path it was opened
+/// from, for errors.
+struct Roots<'a> {
+    target: (&'a Path, Dir),
+    source: (&'a Path, Dir),
 }
 
 /// Checks that a step's path names an entry beneath the root, or the root
@@ -352,10 +442,10 @@ fn xattr_changes<'a>(
 
 /// Returns the file type of a target entry, or an error for a type that
 /// Linux does not define.
-fn target_type(metadata: &Metadata) -> Result<FileType, StepError> {
-    FileType::from_mode(metadata.mode()).ok_or_else(|| StepError::ReadEntry {
+fn target_type(status: &Status) -> Result<FileType, StepError> {
+    engine::file_type(status).map_err(|source| StepError::ReadEntry {
         tree: Tree::Target,
-        source: io::Error::new(io::ErrorKind::InvalidData, "unknown file type"),
+        source,
     })
 }
 
@@ -449,29 +539,69 @@ impl Drop for Temporary<'_> {
 
 /// An entry addressed by its open parent directory and its name there.
 struct Location {
-    dir: Dir,
+    dir: Rc<Dir>,
     name: OsString,
 }
 
 impl Location {
-    /// Returns the entry's attributes, not following a symlink, or `None`
-    /// when it is missing.
-    fn metadata(&self, tree: Tree) -> Result<Option<Metadata>, StepError> {
+    /// Returns the entry's status, not following a symlink, or `None` when
+    /// it is missing.
+    fn status(&self, tree: Tree) -> Result<Option<Status>, StepError> {
         self.dir
-            .metadata(&self.name)
+            .stat(&self.name)
             .map_err(|source| StepError::ReadEntry { tree, source })
     }
+}
 
-    /// Reads the entry the way the diff does, or returns `None` when it is
-    /// missing.
-    fn read(&self, tree: Tree) -> Result<Option<(Entry, Metadata)>, StepError> {
-        let Some(metadata) = self.metadata(tree)? else {
-            return Ok(None);
-        };
-        let entry = read_entry(&self.dir.proc_path(&self.name), &metadata)
-            .map_err(|source| StepError::ReadEntry { tree, source })?;
-        Ok(Some((entry, metadata)))
+/// A source entry read the way the diff reads it, with its status, and for
+/// a regular file the open file that its data is cloned from.
+struct SourceEntry {
+    entry: Entry,
+    status: Status,
+    file: Option<File>,
+}
+
+/// Reads the source entry at `location`, or returns `None` when it is
+/// missing. A regular file is opened and read through its descriptor, so
+/// its status, attributes and data all come from the same inode.
+fn read_source(location: &Location) -> Result<Option<SourceEntry>, StepError> {
+    let read_error = |source| StepError::ReadEntry {
+        tree: Tree::Source,
+        source,
+    };
+    let Some(status) = location.status(Tree::Source)? else {
+        return Ok(None);
+    };
+    let file_type = engine::file_type(&status).map_err(read_error)?;
+    if file_type == FileType::Regular {
+        let file = location
+            .dir
+            .open_file(&location.name)
+            .map_err(StepError::OpenSourceFile)?;
+        let status = Status::of_file(&file).map_err(StepError::OpenSourceFile)?;
+        if status.mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(StepError::SourceReplaced);
+        }
+        let xattrs = sysfs::file_xattrs(&file).map_err(read_error)?;
+        let entry = engine::entry_of(&status, file_type, None, xattrs);
+        return Ok(Some(SourceEntry {
+            entry,
+            status,
+            file: Some(file),
+        }));
     }
+
+    let target = match file_type {
+        FileType::Symlink => Some(location.dir.read_link(&location.name).map_err(read_error)?),
+        _ => None,
+    };
+    let xattrs = location.dir.xattrs(&location.name).map_err(read_error)?;
+    let entry = engine::entry_of(&status, file_type, target, xattrs);
+    Ok(Some(SourceEntry {
+        entry,
+        status,
+        file: None,
+    }))
 }
 
 /// A file put earlier in this call whose source inode has more links.
@@ -481,21 +611,90 @@ struct PutFile {
     target_inode: (u64, u64),
 }
 
-struct Applier {
+/// The parent directory of the last step in one tree, kept open for the
+/// next steps in the same directory: the steps come sorted by path, so most
+/// of them share it.
+type OpenParent = RefCell<Option<(Vec<u8>, Rc<Dir>)>>;
+
+/// Files put so far from source inodes with more than one link, by the
+/// source's device and inode number. The threads of an apply share it, and
+/// a put of such a file holds the lock until the map has it, so that two
+/// links of one inode never become two files.
+type Linked = Mutex<HashMap<(u64, u64), PutFile>>;
+
+/// What one thread of an apply uses to carry out its steps.
+struct Applier<'a> {
     target: Dir,
     source: Dir,
-    /// Files put so far from source inodes with more than one link, by the
-    /// source's device and inode number.
-    linked: HashMap<(u64, u64), PutFile>,
+    target_parent: OpenParent,
+    source_parent: OpenParent,
+    linked: &'a Linked,
 }
 
-impl Applier {
+impl<'a> Applier<'a> {
+    /// Makes an applier with its own descriptors of both roots.
+    fn new(roots: &Roots<'_>, linked: &'a Linked) -> Result<Self, ApplyError> {
+        let reopen = |tree, (path, dir): &(&Path, Dir)| {
+            dir.open_dir(b"").map_err(|source| ApplyError::OpenRoot {
+                tree,
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        Ok(Self {
+            target: reopen(Tree::Target, &roots.target)?,
+            source: reopen(Tree::Source, &roots.source)?,
+            target_parent: RefCell::new(None),
+            source_parent: RefCell::new(None),
+            linked,
+        })
+    }
+
+    /// Carries out one step.
+    fn run(&mut self, step: &Step) -> Result<(), ApplyError> {
+        tracing::trace!(?step, "apply");
+        self.forget_parents(step);
+        match step {
+            Step::Put(path) => self.put(path).map_err(|source| ApplyError::Put {
+                path: path.clone(),
+                source,
+            }),
+            Step::Remove(path) => self.remove(path).map_err(|source| ApplyError::Remove {
+                path: path.clone(),
+                source,
+            }),
+            Step::SetMetadata(path) => {
+                self.set_metadata(path)
+                    .map_err(|source| ApplyError::SetMetadata {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Closes every kept parent directory.
+    fn forget_all_parents(&self) {
+        self.target_parent.replace(None);
+        self.source_parent.replace(None);
+    }
+
     fn locate(&self, tree: Tree, path: &WorldPath) -> Result<Location, StepError> {
-        let root = match tree {
-            Tree::Target => &self.target,
-            Tree::Source => &self.source,
+        let (root, open_parent) = match tree {
+            Tree::Target => (&self.target, &self.target_parent),
+            Tree::Source => (&self.source, &self.source_parent),
         };
         let (parent, name) = split(path);
+        let name = name.to_os_string();
+        if let Some((open_path, dir)) = &*open_parent.borrow() {
+            if open_path == parent {
+                return Ok(Location {
+                    dir: Rc::clone(dir),
+                    name,
+                });
+            }
+        }
+
         let dir = root.open_dir(parent).map_err(|source| {
             match source.raw_os_error() {
                 // openat2(2) returns ELOOP for a symlink under
@@ -507,60 +706,97 @@ impl Applier {
                 _ => StepError::OpenParent { tree, source },
             }
         })?;
-        Ok(Location {
-            dir,
-            name: name.to_os_string(),
-        })
+        let dir = Rc::new(dir);
+        *open_parent.borrow_mut() = Some((parent.to_vec(), Rc::clone(&dir)));
+        Ok(Location { dir, name })
+    }
+
+    /// Closes the kept parent directories that `step` may remove or
+    /// replace: those at or below its path.
+    fn forget_parents(&self, step: &Step) {
+        if matches!(step, Step::SetMetadata(_)) {
+            return;
+        }
+        let path = step.path().as_bytes();
+        for open_parent in [&self.target_parent, &self.source_parent] {
+            let mut open_parent = open_parent.borrow_mut();
+            let below = open_parent.as_ref().is_some_and(|(open_path, _)| {
+                path.is_empty()
+                    || open_path
+                        .strip_prefix(path)
+                        .is_some_and(|rest| rest.is_empty() || rest.first() == Some(&b'/'))
+            });
+            if below {
+                *open_parent = None;
+            }
+        }
     }
 
     fn put(&mut self, path: &WorldPath) -> Result<(), StepError> {
         let source = self.locate(Tree::Source, path)?;
         let target = self.locate(Tree::Target, path)?;
-        let (entry, metadata) = source.read(Tree::Source)?.ok_or(StepError::SourceMissing)?;
-        let existing = target.metadata(Tree::Target)?;
+        let SourceEntry {
+            entry,
+            status,
+            file,
+        } = read_source(&source)?.ok_or(StepError::SourceMissing)?;
+        let existing = target.status(Tree::Target)?;
         let existing_type = existing.as_ref().map(target_type).transpose()?;
         check_replaceable(existing_type, entry.file_type)?;
 
         // NOTE: only paths put in this call are linked together, so a link
         // to a target file that this call did not put becomes a new file.
-        let source_inode = (metadata.dev(), metadata.ino());
-        let has_links = entry.file_type != FileType::Directory && metadata.nlink() > 1;
-        if has_links {
-            if let Some(earlier) = self.linked.get(&source_inode) {
-                if self.put_link(earlier, &target, existing.as_ref())? {
-                    return Ok(());
-                }
+        let source_inode = (status.dev, status.ino);
+        let has_links = entry.file_type != FileType::Directory && status.nlink > 1;
+        let mut linked = has_links.then(|| {
+            self.linked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
+        if let Some(earlier) = linked.as_ref().and_then(|map| map.get(&source_inode)) {
+            if self.put_link(earlier, &target, existing.as_ref())? {
+                return Ok(());
             }
         }
 
-        let temporary = match entry.file_type {
-            FileType::Directory => {
-                return put_directory(&target, &entry, &metadata, existing.is_some());
+        let temporary = match (entry.file_type, &file) {
+            (FileType::Directory, _) => {
+                return put_directory(&target, &entry, &status, existing.as_ref());
             }
-            FileType::Regular => make_regular(path, &source, &target.dir)?,
-            FileType::Symlink => {
+            (FileType::Regular, Some(from)) => {
+                let (temporary, to) = make_regular(path, from, &target.dir)?;
+                let current = Status::of_file(&to).map_err(|source| StepError::ReadEntry {
+                    tree: Tree::Target,
+                    source,
+                })?;
+                set_attributes(Handle::File(&to), &current, &entry, &status)?;
+                temporary
+            }
+            (FileType::Regular, None) => return Err(StepError::SourceReplaced),
+            (FileType::Symlink, _) => {
                 let link_target = entry.target.as_deref().unwrap_or_default();
                 let description = || "a symlink".to_owned();
                 let make = |name: &OsStr| target.dir.make_symlink(name, link_target);
-                Temporary::create(&target.dir, &description, make)?.0
+                let temporary = Temporary::create(&target.dir, &description, make)?.0;
+                set_new_attributes(&target.dir, temporary.name(), &entry, &status)?;
+                temporary
             }
-            FileType::Fifo => make_node(&target.dir, &entry, SFlag::S_IFIFO)?,
-            FileType::Socket => make_node(&target.dir, &entry, SFlag::S_IFSOCK)?,
-            FileType::CharDevice => make_node(&target.dir, &entry, SFlag::S_IFCHR)?,
-            FileType::BlockDevice => make_node(&target.dir, &entry, SFlag::S_IFBLK)?,
+            (FileType::Fifo, _) => make_node(&target.dir, &entry, &status, SFlag::S_IFIFO)?,
+            (FileType::Socket, _) => make_node(&target.dir, &entry, &status, SFlag::S_IFSOCK)?,
+            (FileType::CharDevice, _) => make_node(&target.dir, &entry, &status, SFlag::S_IFCHR)?,
+            (FileType::BlockDevice, _) => make_node(&target.dir, &entry, &status, SFlag::S_IFBLK)?,
         };
-        set_attributes(&target.dir, temporary.name(), &entry, &metadata)?;
         temporary.place(&target.name)?;
 
-        if has_links {
+        if let Some(map) = linked.as_mut() {
             let made = target
-                .metadata(Tree::Target)?
+                .status(Tree::Target)?
                 .ok_or(StepError::TargetMissing)?;
             let put = PutFile {
                 path: path.clone(),
-                target_inode: (made.dev(), made.ino()),
+                target_inode: (made.dev, made.ino),
             };
-            self.linked.insert(source_inode, put);
+            map.insert(source_inode, put);
         }
         Ok(())
     }
@@ -572,12 +808,12 @@ impl Applier {
         &self,
         earlier: &PutFile,
         target: &Location,
-        existing: Option<&Metadata>,
+        existing: Option<&Status>,
     ) -> Result<bool, StepError> {
         let origin = self.locate(Tree::Target, &earlier.path)?;
         let origin_inode = origin
-            .metadata(Tree::Target)?
-            .map(|metadata| (metadata.dev(), metadata.ino()));
+            .status(Tree::Target)?
+            .map(|status| (status.dev, status.ino));
         if origin_inode != Some(earlier.target_inode) {
             tracing::debug!(
                 origin = %earlier.path,
@@ -587,8 +823,7 @@ impl Applier {
         }
         // rename(2) does nothing when both names are links of one file, so
         // an existing link stays as it is.
-        if existing.is_some_and(|existing| (existing.dev(), existing.ino()) == earlier.target_inode)
-        {
+        if existing.is_some_and(|existing| (existing.dev, existing.ino) == earlier.target_inode) {
             return Ok(true);
         }
 
@@ -611,11 +846,11 @@ impl Applier {
             }
             Err(error) => return Err(error),
         };
-        let Some(existing) = target.metadata(Tree::Target)? else {
+        let Some(existing) = target.status(Tree::Target)? else {
             return Ok(());
         };
 
-        if existing.is_dir() {
+        if existing.mode & libc::S_IFMT == libc::S_IFDIR {
             target
                 .dir
                 .remove_dir(&target.name)
@@ -631,9 +866,10 @@ impl Applier {
     fn set_metadata(&self, path: &WorldPath) -> Result<(), StepError> {
         let source = self.locate(Tree::Source, path)?;
         let target = self.locate(Tree::Target, path)?;
-        let (entry, metadata) = source.read(Tree::Source)?.ok_or(StepError::SourceMissing)?;
+        let SourceEntry { entry, status, .. } =
+            read_source(&source)?.ok_or(StepError::SourceMissing)?;
         let existing = target
-            .metadata(Tree::Target)?
+            .status(Tree::Target)?
             .ok_or(StepError::TargetMissing)?;
 
         let in_target = target_type(&existing)?;
@@ -643,21 +879,23 @@ impl Applier {
                 in_source: entry.file_type,
             });
         }
-        set_attributes(&target.dir, &target.name, &entry, &metadata)
+        let handle = Handle::Name(&target.dir, &target.name);
+        set_attributes(handle, &existing, &entry, &status)
     }
 }
 
-/// Creates the directory at `target` unless it `exists`, then gives it the
-/// source's attributes. A directory created here is removed again when its
-/// attributes cannot be set.
+/// Creates the directory at `target` unless it exists (`existing`), then
+/// gives it the source's attributes. A directory created here is removed
+/// again when its attributes cannot be set.
 fn put_directory(
     target: &Location,
     entry: &Entry,
-    metadata: &Metadata,
-    exists: bool,
+    status: &Status,
+    existing: Option<&Status>,
 ) -> Result<(), StepError> {
-    if exists {
-        return set_attributes(&target.dir, &target.name, entry, metadata);
+    if let Some(existing) = existing {
+        let handle = Handle::Name(&target.dir, &target.name);
+        return set_attributes(handle, existing, entry, status);
     }
 
     // Closed to others until its own mode is set.
@@ -665,7 +903,7 @@ fn put_directory(
         .dir
         .make_dir(&target.name, 0o700)
         .map_err(StepError::MakeDirectory)?;
-    let result = set_attributes(&target.dir, &target.name, entry, metadata);
+    let result = set_new_attributes(&target.dir, &target.name, entry, status);
     if result.is_err() {
         if let Err(error) = target.dir.remove_dir(&target.name) {
             tracing::warn!(name = ?target.name, %error, "could not remove a new directory");
@@ -675,27 +913,19 @@ fn put_directory(
 }
 
 /// Makes a temporary regular file in `dir` that shares the data of the
-/// source file, or contains a copy of it where sharing is not possible.
+/// source file `from`, or contains a copy of it where sharing is not
+/// possible, and returns it with the new file open for writing.
 fn make_regular<'a>(
     path: &WorldPath,
-    source: &Location,
+    from: &File,
     dir: &'a Dir,
-) -> Result<Temporary<'a>, StepError> {
-    let from = source
-        .dir
-        .open_file(&source.name)
-        .map_err(StepError::OpenSourceFile)?;
-    let from_metadata = from.metadata().map_err(StepError::OpenSourceFile)?;
-    if !from_metadata.is_file() {
-        return Err(StepError::SourceReplaced);
-    }
-
+) -> Result<(Temporary<'a>, File), StepError> {
     let description = || "a regular file".to_owned();
     let (temporary, to) = Temporary::create(dir, &description, |name| dir.create_file(name))?;
-    if let Err(error) = match_nocow(&from, &to) {
+    if let Err(error) = match_nocow(from, &to) {
         tracing::debug!(%path, %error, "could not match the nodatacow flag of the source");
     }
-    match sysfs::clone_file(&from, &to) {
+    match sysfs::clone_file(from, &to) {
         Ok(()) => {}
         Err(error)
             if matches!(
@@ -704,11 +934,11 @@ fn make_regular<'a>(
             ) =>
         {
             tracing::debug!(%path, %error, "FICLONE failed, copying the data instead");
-            copy_data(&from, &to).map_err(StepError::CopyData)?;
+            copy_data(from, &to).map_err(StepError::CopyData)?;
         }
         Err(error) => return Err(StepError::CloneData(error)),
     }
-    Ok(temporary)
+    Ok((temporary, to))
 }
 
 /// Gives the empty file `to` the nodatacow flag (`chattr +C`) of `from`:
@@ -734,60 +964,162 @@ fn copy_data(from: &File, to: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets the attributes of entry `name` in `dir` to those of the source
-/// entry, in the order the module documentation explains.
-fn set_attributes(
+/// The target entry whose attributes are set: an open regular file, or a
+/// name in a directory for the other types.
+#[derive(Clone, Copy)]
+enum Handle<'a> {
+    File(&'a File),
+    Name(&'a Dir, &'a OsStr),
+}
+
+impl Handle<'_> {
+    fn set_owner(self, uid: u32, gid: u32) -> io::Result<()> {
+        match self {
+            Self::File(file) => Ok(nix::unistd::fchown(
+                file.as_raw_fd(),
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+            )?),
+            Self::Name(dir, name) => dir.set_owner(name, uid, gid),
+        }
+    }
+
+    fn set_mode(self, mode: u32) -> io::Result<()> {
+        match self {
+            Self::File(file) => {
+                let mode = Mode::from_bits_truncate(mode as libc::mode_t);
+                Ok(nix::sys::stat::fchmod(file.as_raw_fd(), mode)?)
+            }
+            Self::Name(dir, name) => dir.set_mode(name, mode),
+        }
+    }
+
+    fn xattrs(self) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self {
+            Self::File(file) => sysfs::file_xattrs(file),
+            Self::Name(dir, name) => dir.xattrs(name),
+        }
+    }
+
+    fn set_xattr(self, attribute: &[u8], value: &[u8]) -> io::Result<()> {
+        match self {
+            Self::File(file) => sysfs::set_file_xattr(file, attribute, value),
+            Self::Name(dir, name) => dir.set_xattr(name, attribute, value),
+        }
+    }
+
+    fn remove_xattr(self, attribute: &[u8]) -> io::Result<()> {
+        match self {
+            Self::File(file) => sysfs::remove_file_xattr(file, attribute),
+            Self::Name(dir, name) => dir.remove_xattr(name, attribute),
+        }
+    }
+
+    fn set_times(self, atime: &TimeSpec, mtime: &TimeSpec) -> io::Result<()> {
+        match self {
+            Self::File(file) => Ok(nix::sys::stat::futimens(file.as_raw_fd(), atime, mtime)?),
+            Self::Name(dir, name) => dir.set_times(name, atime, mtime),
+        }
+    }
+}
+
+/// Sets the attributes of the entry `name` in `dir`, just made, to those of
+/// the source entry.
+fn set_new_attributes(
     dir: &Dir,
     name: &OsStr,
     entry: &Entry,
-    metadata: &Metadata,
+    status: &Status,
 ) -> Result<(), StepError> {
-    dir.set_owner(name, entry.uid, entry.gid)
-        .map_err(|source| StepError::SetOwner {
-            uid: entry.uid,
-            gid: entry.gid,
+    let current = dir
+        .stat(name)
+        .and_then(|current| current.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT)))
+        .map_err(|source| StepError::ReadEntry {
+            tree: Tree::Target,
             source,
         })?;
+    set_attributes(Handle::Name(dir, name), &current, entry, status)
+}
 
-    // Linux gives every symlink mode 0777 and cannot change it.
-    if entry.file_type != FileType::Symlink {
-        dir.set_mode(name, entry.mode)
+/// Sets the attributes of the target entry `handle`, whose status is
+/// `current`, to those of the source entry `entry` with status `status`, in
+/// the order the module documentation explains. Calls that would change
+/// nothing are left out: each one writes the inode in a btrfs transaction.
+fn set_attributes(
+    handle: Handle<'_>,
+    current: &Status,
+    entry: &Entry,
+    status: &Status,
+) -> Result<(), StepError> {
+    let owner_changed = (current.uid, current.gid) != (entry.uid, entry.gid);
+    if owner_changed {
+        handle
+            .set_owner(entry.uid, entry.gid)
+            .map_err(|source| StepError::SetOwner {
+                uid: entry.uid,
+                gid: entry.gid,
+                source,
+            })?;
+    }
+
+    // Linux gives every symlink mode 0777 and cannot change it. chown(2)
+    // may have cleared the setuid and setgid bits, so the mode is set
+    // again after it.
+    let mode_differs = current.mode & 0o7777 != entry.mode;
+    if entry.file_type != FileType::Symlink && (owner_changed || mode_differs) {
+        handle
+            .set_mode(entry.mode)
             .map_err(|source| StepError::SetMode {
                 mode: entry.mode,
                 source,
             })?;
     }
 
-    let current = dir.xattrs(name).map_err(StepError::ReadXattrs)?;
-    let changes = xattr_changes(&current, &entry.xattrs);
+    let existing = handle.xattrs().map_err(StepError::ReadXattrs)?;
+    let changes = xattr_changes(&existing, &entry.xattrs);
     for attribute in changes.remove {
-        dir.remove_xattr(name, attribute)
+        handle
+            .remove_xattr(attribute)
             .map_err(|source| StepError::RemoveXattr {
                 name: String::from_utf8_lossy(attribute).into_owned(),
                 source,
             })?;
     }
     for (attribute, value) in changes.set {
-        dir.set_xattr(name, attribute, value)
+        handle
+            .set_xattr(attribute, value)
             .map_err(|source| StepError::SetXattr {
                 name: String::from_utf8_lossy(attribute).into_owned(),
                 source,
             })?;
     }
 
-    let atime = TimeSpec::new(metadata.atime(), metadata.atime_nsec());
-    let mtime = TimeSpec::new(metadata.mtime(), metadata.mtime_nsec());
-    dir.set_times(name, &atime, &mtime)
-        .map_err(StepError::SetTimes)
+    // Owner, mode and xattrs move only the ctime, so the times read in
+    // `current` still hold.
+    if (current.atime, current.mtime) != (status.atime, status.mtime) {
+        let atime = TimeSpec::new(status.atime.0, status.atime.1);
+        let mtime = TimeSpec::new(status.mtime.0, status.mtime.1);
+        handle
+            .set_times(&atime, &mtime)
+            .map_err(StepError::SetTimes)?;
+    }
+    Ok(())
 }
 
 /// Makes a temporary fifo, socket or device node of type `kind` in `dir`
-/// with the device number of `entry`.
-fn make_node<'a>(dir: &'a Dir, entry: &Entry, kind: SFlag) -> Result<Temporary<'a>, StepError> {
+/// with the device number and attributes of the source entry.
+fn make_node<'a>(
+    dir: &'a Dir,
+    entry: &Entry,
+    status: &Status,
+    kind: SFlag,
+) -> Result<Temporary<'a>, StepError> {
     let rdev = entry.rdev.unwrap_or(0);
     let description = || format!("a {}", entry.file_type.name());
     let make = |name: &OsStr| dir.make_node(name, kind, rdev);
-    Ok(Temporary::create(dir, &description, make)?.0)
+    let temporary = Temporary::create(dir, &description, make)?.0;
+    set_new_attributes(dir, temporary.name(), entry, status)?;
+    Ok(temporary)
 }
 
 #[cfg(test)]

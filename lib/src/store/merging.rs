@@ -52,6 +52,10 @@ use crate::sys::btrfs;
 pub(super) const PREMERGE_DIR: &str = "premerge";
 /// How often a merge tries to freeze a running parent before it fails.
 const FREEZE_ATTEMPTS: u32 = 3;
+/// Applies of at least this many steps start writing out the parent when
+/// they are half done. The number is a rough guess of where the syncfs
+/// after a smaller apply is short anyway.
+const EARLY_SYNC_MIN_STEPS: usize = 1024;
 /// How many merges into one parent keep their pre-merge snapshots, unless
 /// [`MergeOptions::keep`] sets another number.
 pub const KEEP_PREMERGE: usize = 5;
@@ -159,9 +163,14 @@ impl Store {
             }
         }
 
-        // Plan against read-only snapshots of both sides.
-        let child_view = self.open_diff_snapshot(child, DiffSubject::World)?;
-        let parent_view = self.open_diff_snapshot(child, DiffSubject::Parent)?;
+        // Plan against both sides as they are now. A running side is read
+        // through a read-only snapshot. A stopped one is read in place,
+        // where its inodes are likely in the kernel's cache. No process can
+        // change it meanwhile, because starting a world takes the store
+        // lock, which this merge holds until it ends.
+        let started = std::time::Instant::now();
+        let child_view = self.open_diff(child, DiffSubject::World)?;
+        let parent_view = self.open_diff(child, DiffSubject::Parent)?;
         let ours = child_view.changes(&DiffOptions::default())?;
         let theirs = parent_view.changes(&DiffOptions::default())?;
         let access_set = self.access_set(child, None)?;
@@ -182,6 +191,10 @@ impl Store {
             child_view.world_root(),
             parent_view.world_root(),
         );
+        tracing::debug!(
+            plan_ms = started.elapsed().as_millis() as u64,
+            "merge planned"
+        );
         let mut outcome = MergeOutcome {
             child: child.clone(),
             parent: parent.clone(),
@@ -194,8 +207,8 @@ impl Store {
             return Ok(outcome);
         }
 
-        // Text-merged files come from a writable copy of the child's
-        // snapshot that contains the merged content, and the child's base still
+        // Text-merged files come from a writable snapshot of the child
+        // that contains the merged content, and the child's base still
         // takes the child's own version, so its diff stays honest.
         let staging = self
             .pool
@@ -227,7 +240,8 @@ impl Store {
             &parent,
             &outcome.plan,
             Sources {
-                snapshot: child_view.world_root(),
+                child: child_view.world_root(),
+                read_at: child_view.read_at(),
                 apply: &apply_source,
             },
             keep,
@@ -266,18 +280,19 @@ impl Store {
             parent: parent.clone(),
             source,
         };
-        let (source, apply_source) = (sources.snapshot, sources.apply);
+        let (source, apply_source, read_at) = (sources.child, sources.apply, sources.read_at);
         // Where the child's diffs search afterwards. The new base is a
         // snapshot of the child as read for this merge (`source`), so its
         // unchanged files keep the child's inodes and ctimes, and a complete
-        // merge lets the child's search start at that snapshot. A partial
-        // one reverts some paths to the old base, whose older changes the
-        // search must still find. The parent's search never moves: the new
-        // base is not a snapshot of the parent.
+        // merge lets the child's search start where that read ended. A
+        // partial one reverts some paths to the old base, whose older
+        // changes the search must still find. The parent's search never
+        // moves: the new base is not a snapshot of the parent.
         let old_base = self.base_path(child);
-        let info = |path: &Path| File::open(path).and_then(|dir| btrfs::subvolume_info(&dir));
-        let old_since = info(&old_base).map_err(merge_error)?.otransid;
-        let read_at = info(source).map_err(merge_error)?.otransid;
+        let old_since = File::open(&old_base)
+            .and_then(|dir| btrfs::subvolume_info(&dir))
+            .map_err(merge_error)?
+            .otransid;
         let record = self.world(child)?;
         // Explicit values, because undo brings the old base back as a new
         // snapshot, whose own creation is too late a starting point.
@@ -293,6 +308,7 @@ impl Store {
             }),
             parent: previous.parent,
         };
+        let started = std::time::Instant::now();
         let summary = serde_json::json!({ "steps": plan.steps, "revert_steps": plan.revert_steps });
         let writer = self.db.transaction()?;
         let id = writer.insert_merge(parent, child, &summary, previous, next)?;
@@ -316,30 +332,46 @@ impl Store {
         let writer = self.db.transaction()?;
         writer.set_merge_state(id, MergeState::Applying)?;
         writer.commit()?;
+        let prepared = std::time::Instant::now();
         let total = plan.steps.len();
         let crash_mid_merge = self.crash_point == Some(super::CrashPoint::MidMerge);
         let target = self.world_path(parent);
-        self.frozen(parent, |_| {
-            apply::apply(&target, apply_source, &plan.steps, &|done| {
-                if crash_mid_merge && done * 2 >= total {
-                    std::process::abort();
-                }
-                progress(MergeProgress { done, total })
+        // Half way through a long apply, a thread starts writing out what
+        // it made so far, so that the syncfs after it has less to wait for.
+        // An early commit changes nothing for recovery, because the journal
+        // still records the merge as `applying`.
+        let target_dir = File::open(&target).map_err(merge_error)?;
+        let early_sync = std::sync::Once::new();
+        let applied = std::thread::scope(|scope| {
+            self.frozen(parent, |_| {
+                apply::apply(&target, apply_source, &plan.steps, &|done| {
+                    if crash_mid_merge && done * 2 >= total {
+                        std::process::abort();
+                    }
+                    if total >= EARLY_SYNC_MIN_STEPS && done * 2 >= total {
+                        early_sync.call_once(|| {
+                            scope.spawn(|| sync_quietly(&target_dir));
+                        });
+                    }
+                    progress(MergeProgress { done, total })
+                })
             })
-        })?
-        .map_err(|error| StoreError::Apply {
+        });
+        applied?.map_err(|error| StoreError::Apply {
             world: parent.clone(),
             source: error,
         })?;
 
         // The parent's new files must be on disk before the journal records
         // them, because a crash after `publishing` is rolled forward.
+        let apply_done = std::time::Instant::now();
         File::open(self.world_path(parent))
             .and_then(|dir| {
                 use std::os::fd::AsRawFd;
                 nix::unistd::syncfs(dir.as_raw_fd()).map_err(std::io::Error::from)
             })
             .map_err(merge_error)?;
+        let applied = std::time::Instant::now();
         self.crash_at(super::CrashPoint::MergeApplied);
         let writer = self.db.transaction()?;
         writer.set_merge_state(id, MergeState::Publishing)?;
@@ -366,6 +398,13 @@ impl Store {
         )?;
         writer.commit()?;
         self.prune_premerge(parent, keep)?;
+        tracing::debug!(
+            prepare_ms = (prepared - started).as_millis() as u64,
+            apply_ms = (apply_done - prepared).as_millis() as u64,
+            sync_ms = (applied - apply_done).as_millis() as u64,
+            publish_ms = applied.elapsed().as_millis() as u64,
+            "merge applied"
+        );
         Ok(id)
     }
 
@@ -769,12 +808,15 @@ impl Store {
     }
 }
 
-/// The trees a merge reads: the child's read-only snapshot, which the new
-/// base is made from, and the tree the parent's steps copy from, which
-/// differs only by text-merged files.
+/// The trees a merge reads: the child as planned, which the new base is
+/// made from, and the tree the parent's steps copy from, which differs only
+/// by text-merged files.
 #[derive(Clone, Copy)]
 struct Sources<'a> {
-    snapshot: &'a Path,
+    /// The child's read-only snapshot, or the stopped child itself.
+    child: &'a Path,
+    /// The transaction up to which `child` shows the child's changes.
+    read_at: u64,
     apply: &'a Path,
 }
 
@@ -822,6 +864,15 @@ fn text_merge(
     plan.conflicts
         .sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
     merged
+}
+
+/// Writes out the filesystem that contains `dir` with syncfs(2). A failure
+/// is logged and not returned, because the caller syncs again afterwards.
+fn sync_quietly(dir: &File) {
+    use std::os::fd::AsRawFd;
+    if let Err(error) = nix::unistd::syncfs(dir.as_raw_fd()) {
+        tracing::debug!(%error, "early syncfs failed; the sync after the apply retries");
+    }
 }
 
 /// Snapshots the subvolume at `source` to `dest`, whose parent directory

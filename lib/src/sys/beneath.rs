@@ -94,6 +94,22 @@ impl Dir {
         }
     }
 
+    /// Returns the status of entry `name`, not following a symlink, or
+    /// `None` when it does not exist. Unlike [`Dir::metadata`] it looks up
+    /// only `name`, with fstatat(2) on this directory.
+    pub fn stat(&self, name: &OsStr) -> io::Result<Option<sysfs::Status>> {
+        match nix::sys::stat::fstatat(Some(self.raw()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some(sysfs::Status::from_stat(&stat))),
+            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Returns the target of symlink `name`, as it is stored.
+    pub fn read_link(&self, name: &OsStr) -> io::Result<Vec<u8>> {
+        Ok(nix::fcntl::readlinkat(Some(self.raw()), name)?.into_vec())
+    }
+
     /// Opens entry `name` for reading, failing with `ELOOP` on a symlink.
     /// `O_NONBLOCK` keeps a fifo swapped in at that name from blocking.
     pub fn open_file(&self, name: &OsStr) -> io::Result<File> {

@@ -219,6 +219,9 @@ pub struct SubvolumeInfo {
     pub otransid: u64,
     /// The last transaction that changed the subvolume.
     pub ctransid: u64,
+    /// The last committed transaction that wrote the subvolume's tree. A
+    /// change made after the commit lands in a later transaction.
+    pub generation: u64,
 }
 
 /// Returns facts about the subvolume whose root directory is `subvolume`.
@@ -251,6 +254,7 @@ pub fn subvolume_info(subvolume: &File) -> io::Result<SubvolumeInfo> {
         id: args.treeid,
         otransid: args.otransid,
         ctransid: args.ctransid,
+        generation: args.generation,
     })
 }
 
@@ -278,12 +282,38 @@ struct SearchKey {
     unused4: u64,
 }
 
+/// Item type of an inode reference in a subvolume tree
+/// (`BTRFS_INODE_REF_KEY`): the names of an inode in one directory.
+pub const INODE_REF_KEY: u32 = 12;
+
 /// An inode whose item changed after a given transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChangedInode {
     pub ino: u64,
     /// `S_IFMT` bits and permissions, as in `st_mode`.
     pub mode: u32,
+    /// Number of links. btrfs counts 1 for a directory.
+    pub nlink: u32,
+}
+
+/// A name of an inode in a directory, from an inode reference item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InodeName {
+    pub ino: u64,
+    /// Inode number of the directory.
+    pub parent: u64,
+    pub name: Vec<u8>,
+}
+
+/// The inodes and names that [`changed_inodes`] found in the tree blocks
+/// written after a given transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeChanges {
+    /// The inodes whose item changed.
+    pub inodes: Vec<ChangedInode>,
+    /// The inode references of those blocks, changed or not, as they are
+    /// now. An inode's other references may lie in blocks not searched.
+    pub names: Vec<InodeName>,
 }
 
 /// `struct btrfs_ioctl_search_args_v2` without its flexible buffer.
@@ -302,7 +332,8 @@ nix::ioctl_readwrite!(ioc_tree_search_v2, 0x94, 17, SearchArgsV2);
 const SEARCH_V2_BUFFER: usize = 1 << 20;
 
 /// Returns the inodes of the subvolume at `subvolume` whose inode item was
-/// written by a transaction after `since`.
+/// written by a transaction after `since`, and the inode references found
+/// on the way.
 ///
 /// This searches the subvolume's tree with `BTRFS_IOC_TREE_SEARCH_V2`. The
 /// search visits only tree blocks written after `since`, so its cost grows
@@ -311,7 +342,7 @@ const SEARCH_V2_BUFFER: usize = 1 << 20;
 /// the unchanged neighbours that share a rewritten block. Changes that are
 /// not yet in the tree (delayed inode updates) are missed: commit them
 /// first, with syncfs(2) or by searching a new snapshot.
-pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<Vec<ChangedInode>> {
+pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
     let header = std::mem::size_of::<SearchArgsV2>();
     // u64 words keep the buffer aligned for the header struct.
     let mut words = vec![0u64; (header + SEARCH_V2_BUFFER) / 8];
@@ -333,7 +364,7 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<Vec<ChangedIno
         unused3: 0,
         unused4: 0,
     };
-    let mut changed = Vec::new();
+    let mut changed = TreeChanges::default();
     loop {
         key.nr_items = u32::MAX;
         let args = words.as_mut_ptr().cast::<SearchArgsV2>();
@@ -372,13 +403,32 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<Vec<ChangedIno
             offset += 32 + length;
             last = (objectid, key_type, key_offset);
 
-            // struct btrfs_inode_item: generation at 0, transid at 8, mode
-            // at 52.
+            // struct btrfs_inode_item: generation at 0, transid at 8, nlink
+            // at 40, mode at 52.
             if key_type == INODE_ITEM_KEY && item.len() >= 56 && read_u64(item, 8) > since {
-                changed.push(ChangedInode {
+                changed.inodes.push(ChangedInode {
                     ino: objectid,
                     mode: read_u32(item, 52),
+                    nlink: read_u32(item, 40),
                 });
+            }
+            // The key's offset is the directory, and the item contains one or
+            // more packed `struct btrfs_inode_ref`: index (u64), name
+            // length (u16), then the name.
+            if key_type == INODE_REF_KEY {
+                let mut at = 0;
+                while let Some(header) = item.get(at..at + 10) {
+                    let length = u16::from_le_bytes([header[8], header[9]]) as usize;
+                    let Some(name) = item.get(at + 10..at + 10 + length) else {
+                        break;
+                    };
+                    changed.names.push(InodeName {
+                        ino: objectid,
+                        parent: key_offset,
+                        name: name.to_vec(),
+                    });
+                    at += 10 + length;
+                }
             }
         }
         // Continue after the last key returned: (objectid, type, offset)

@@ -18,12 +18,39 @@ fn c_path(path: &Path) -> io::Result<CString> {
 /// `system.posix_acl_*` and the rest.
 pub fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let c_path = c_path(path)?;
+    read_xattrs(
+        // SAFETY: `c_path` is NUL-terminated and the caller passes a buffer
+        // writable for `size` bytes.
+        |buffer, size| unsafe { libc::llistxattr(c_path.as_ptr(), buffer, size) },
+        // SAFETY: both strings are NUL-terminated and the caller passes a
+        // buffer writable for `size` bytes.
+        |name, buffer, size| unsafe { libc::lgetxattr(c_path.as_ptr(), name, buffer, size) },
+    )
+}
+
+/// Returns the extended attributes of the open `file`, sorted by name, like
+/// [`xattrs`] but without a path lookup.
+pub fn file_xattrs(file: &File) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let fd = file.as_raw_fd();
+    read_xattrs(
+        // SAFETY: `fd` is open and the caller passes a buffer writable for
+        // `size` bytes.
+        |buffer, size| unsafe { libc::flistxattr(fd, buffer, size) },
+        // SAFETY: `name` is NUL-terminated, `fd` is open and the caller
+        // passes a buffer writable for `size` bytes.
+        |name, buffer, size| unsafe { libc::fgetxattr(fd, name, buffer, size) },
+    )
+}
+
+/// Lists the attribute names with `list` and reads each value with `get`,
+/// both called like listxattr(2) and getxattr(2) with a buffer and its size.
+fn read_xattrs(
+    list: impl Fn(*mut libc::c_char, usize) -> isize,
+    get: impl Fn(*const libc::c_char, *mut libc::c_void, usize) -> isize,
+) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut names = vec![0u8; 1024];
     let length = loop {
-        // SAFETY: `c_path` is NUL-terminated and `names` is writable for
-        // `names.len()` bytes.
-        let length =
-            unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        let length = list(names.as_mut_ptr().cast(), names.len());
         if length >= 0 {
             break length as usize;
         }
@@ -43,16 +70,7 @@ pub fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let c_name = CString::new(name).expect("split at NUL");
         let mut value = vec![0u8; 256];
         let size = loop {
-            // SAFETY: both strings are NUL-terminated and `value` is
-            // writable for `value.len()` bytes.
-            let size = unsafe {
-                libc::lgetxattr(
-                    c_path.as_ptr(),
-                    c_name.as_ptr(),
-                    value.as_mut_ptr().cast(),
-                    value.len(),
-                )
-            };
+            let size = get(c_name.as_ptr(), value.as_mut_ptr().cast(), value.len());
             if size >= 0 {
                 break Some(size as usize);
             }
@@ -71,6 +89,99 @@ pub fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     }
     attributes.sort();
     Ok(attributes)
+}
+
+/// Sets extended attribute `name` of the open `file` to `value`.
+pub fn set_file_xattr(file: &File, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let c_name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c_name` is NUL-terminated, `file` is open and `value` is
+    // readable for `value.len()` bytes.
+    let result = unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            c_name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes extended attribute `name` of the open `file`.
+pub fn remove_file_xattr(file: &File, name: &[u8]) -> io::Result<()> {
+    let c_name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c_name` is NUL-terminated and `file` is open.
+    let result = unsafe { libc::fremovexattr(file.as_raw_fd(), c_name.as_ptr()) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The attributes of a file that a diff and an apply compare and copy, as
+/// lstat(2) or fstat(2) returns them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub dev: u64,
+    pub ino: u64,
+    /// File type and permission bits (`st_mode`).
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// Device number of a character or block device.
+    pub rdev: u64,
+    pub size: u64,
+    /// Access time: seconds and nanoseconds since the epoch.
+    pub atime: (i64, i64),
+    /// Modification time: seconds and nanoseconds since the epoch.
+    pub mtime: (i64, i64),
+}
+
+impl Status {
+    /// Converts what fstatat(2) or fstat(2) returned.
+    pub fn from_stat(stat: &libc::stat) -> Self {
+        Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            mode: stat.st_mode,
+            nlink: stat.st_nlink,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            rdev: stat.st_rdev,
+            size: stat.st_size as u64,
+            atime: (stat.st_atime, stat.st_atime_nsec),
+            mtime: (stat.st_mtime, stat.st_mtime_nsec),
+        }
+    }
+
+    /// Returns the status of the open `file`, with no path lookup.
+    pub fn of_file(file: &File) -> io::Result<Self> {
+        let stat = nix::sys::stat::fstat(file.as_raw_fd())?;
+        Ok(Self::from_stat(&stat))
+    }
+}
+
+impl From<&std::fs::Metadata> for Status {
+    fn from(metadata: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            mode: metadata.mode(),
+            nlink: metadata.nlink(),
+            uid: metadata.uid(),
+            gid: metadata.gid(),
+            rdev: metadata.rdev(),
+            size: metadata.size(),
+            atime: (metadata.atime(), metadata.atime_nsec()),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+        }
+    }
 }
 
 /// Sets extended attribute `name` of `path` to `value`, not following a
