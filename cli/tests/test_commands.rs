@@ -55,6 +55,8 @@ fn lifecycle_of_a_small_tree() {
     path:     [TMP]/store/pool/worlds/web-fix (subvolume [ID])
     base:     [TMP]/store/pool/bases/web-fix (subvolume [ID])
     network:  host
+    tracking: on
+    accesses: 0 paths: 0 read, 0 written, 0 executed
     changes:  none since its base
     ");
 

@@ -1,6 +1,7 @@
 use worlds::db::Source;
 use worlds::diff::{ChangeKind, DiffOptions};
 use worlds::runtime::{Limits, RunConfig, RunStatus};
+use worlds::track::{AccessSet, Op};
 use worlds::WorldName;
 
 use super::Context;
@@ -13,10 +14,39 @@ pub struct Args {
     name: WorldName,
     /// Print the world as JSON on stdout: the fields of `world list --json`
     /// plus `children`, `path`, `subvolume_id`, `base`, `base_subvolume_id`,
-    /// the run state and settings and, for a child world, `changes` counted
-    /// by kind.
+    /// the run state and settings, `accesses` (paths of the access set, by
+    /// operation, and whether it is complete) and, for a child world,
+    /// `changes` counted by kind.
     #[arg(long)]
     json: bool,
+}
+
+/// The paths of a world's access set, counted by operation.
+#[derive(Debug, serde::Serialize)]
+struct AccessCounts {
+    paths: usize,
+    read: usize,
+    written: usize,
+    executed: usize,
+    complete: bool,
+}
+
+impl AccessCounts {
+    fn of(set: &AccessSet) -> Self {
+        let with = |op: Op| {
+            set.paths
+                .values()
+                .filter(|accesses| accesses.iter().any(|access| access.op == op))
+                .count()
+        };
+        Self {
+            paths: set.paths.len(),
+            read: with(Op::Read),
+            written: with(Op::Write),
+            executed: with(Op::Exec),
+            complete: set.is_complete() && set.up_to_date,
+        }
+    }
 }
 
 /// Changes of a child world since its base, counted by kind.
@@ -51,12 +81,14 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    let accesses = AccessCounts::of(&store.access_set(&args.name, None)?);
 
     if args.json {
         ui::print_json(&Shown {
             details: &details,
             status: &status,
             config: &config,
+            accesses: &accesses,
             changes: counts,
         })?;
         return Ok(ui::EXIT_OK);
@@ -129,6 +161,23 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     if limits != Limits::default() {
         rows.push(("limits", describe_limits(&limits)));
     }
+    let track = run.map_or(config.track, |run| run.track);
+    rows.push(("tracking", if track { "on" } else { "off" }.to_owned()));
+    rows.push((
+        "accesses",
+        format!(
+            "{} paths: {} read, {} written, {} executed{}",
+            accesses.paths,
+            accesses.read,
+            accesses.written,
+            accesses.executed,
+            if accesses.complete {
+                ""
+            } else {
+                " (may be incomplete: `world set` says why)"
+            }
+        ),
+    ));
     if let Some(counts) = &counts {
         let parts: Vec<String> = [
             (counts.added, "added"),
@@ -164,6 +213,7 @@ struct Shown<'a> {
     #[serde(flatten)]
     status: &'a RunStatus,
     config: &'a RunConfig,
+    accesses: &'a AccessCounts,
     #[serde(skip_serializing_if = "Option::is_none")]
     changes: Option<Counts>,
 }
