@@ -242,6 +242,36 @@ fn frozen_world_set_json_incomplete() {
 }
 
 #[test]
+fn killed_init_recorded_as_gap() {
+    let env = TestEnv::new();
+    setup(&env);
+    env.world_ok(&["start", "web", "--network", "none"]);
+    // A process that ignores SIGTERM and keeps writing makes `world stop`
+    // kill init too, with the accesses of its last batch still unsent.
+    env.world_ok(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; i=0; while true; do echo $i > /srv/data/w$i; i=$((i+1)); done \
+         </dev/null >/dev/null 2>&1 &",
+    ]);
+    let stopped = env.world_ok(&["stop", "web", "--time", "0.5"]);
+    assert!(stopped.stderr.contains("killed"), "{}", stopped.stderr);
+
+    let (set, stderr) = access_set(&env, &["web", "--", "/srv"]);
+    assert!(!set.is_empty());
+    assert!(
+        stderr.contains("init ended before it sent its last batch"),
+        "{stderr}"
+    );
+    let json = set_json(&env, "web");
+    assert_eq!(json["complete"], false, "{json}");
+    assert_eq!(json["gaps"][0]["reason"], "init-lost", "{json}");
+}
+
+#[test]
 fn read_write_conflict_from_the_set() {
     let env = TestEnv::new();
     setup(&env);

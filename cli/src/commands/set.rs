@@ -22,7 +22,7 @@ use crate::ui;
 /// used at the time. A merge that moves the base starts the set afresh.
 ///
 /// When the set may lack accesses (the kernel dropped events, a run was not
-/// tracked, a monitor ended early, a frozen world could not send its latest
+/// tracked, a monitor or init ended early, a frozen world could not send its latest
 /// accesses), a warning on stderr names the cause and `--json` has
 /// `"complete": false`.
 ///
@@ -67,8 +67,8 @@ pub struct Args {
 /// `up_to_date` is false when the world runs but its init did not send its
 /// latest accesses, as when the world is frozen.
 /// A path that is not valid UTF-8 is an object `{"base64": "..."}`. Gap
-/// reasons are `queue-overflow`, `not-recorded`, `monitor-lost` and
-/// `unresolved`. Readers must ignore fields they do not know.
+/// reasons are `queue-overflow`, `not-recorded`, `monitor-lost`,
+/// `init-lost` and `unresolved`. Readers must ignore fields they do not know.
 #[derive(serde::Serialize)]
 struct SetReport<'a> {
     world: &'a WorldName,
