@@ -15,6 +15,20 @@ fn family(env: &TestEnv) -> std::path::PathBuf {
 }
 
 #[test]
+fn undo_one_step_singular() {
+    let env = TestEnv::new();
+    let child = family(&env);
+    fs::write(child.join("srv/www/index.html"), "v2\n").unwrap();
+    env.world_ok(&["merge", "Child"]);
+
+    let undone = env.world_ok(&["undo", "Parent"]);
+    assert_eq!(
+        undone.stderr,
+        "undid merge 1 of `Child` into `Parent` (1 step)\n"
+    );
+}
+
+#[test]
 fn merge_then_undo() {
     let env = TestEnv::new();
     let child = family(&env);

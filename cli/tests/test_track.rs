@@ -219,6 +219,59 @@ fn queue_overflow_recorded_as_gap() {
 }
 
 #[test]
+fn frozen_world_set_json_incomplete() {
+    let env = TestEnv::new();
+    setup(&env);
+    env.world_ok(&["start", "web", "--network", "none"]);
+    env.world_ok(&["freeze", "web"]);
+
+    // A frozen init cannot send its latest accesses, so the JSON must not
+    // claim a complete set while stderr warns that accesses are missing.
+    let listed = env.world_ok(&["set", "web", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert!(listed.stderr.contains("is it frozen?"), "{}", listed.stderr);
+    assert_eq!(json["up_to_date"], false, "{json}");
+    assert_eq!(json["complete"], false, "{json}");
+    assert_eq!(json["gaps"], serde_json::json!([]), "{json}");
+
+    env.world_ok(&["thaw", "web"]);
+    let json = set_json(&env, "web");
+    assert_eq!(json["up_to_date"], true, "{json}");
+    assert_eq!(json["complete"], true, "{json}");
+    env.world_ok(&["stop", "web"]);
+}
+
+#[test]
+fn killed_init_recorded_as_gap() {
+    let env = TestEnv::new();
+    setup(&env);
+    env.world_ok(&["start", "web", "--network", "none"]);
+    // A process that ignores SIGTERM and keeps writing makes `world stop`
+    // kill init too, with the accesses of its last batch still unsent.
+    env.world_ok(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; i=0; while true; do echo $i > /srv/data/w$i; i=$((i+1)); done \
+         </dev/null >/dev/null 2>&1 &",
+    ]);
+    let stopped = env.world_ok(&["stop", "web", "--time", "0.5"]);
+    assert!(stopped.stderr.contains("killed"), "{}", stopped.stderr);
+
+    let (set, stderr) = access_set(&env, &["web", "--", "/srv"]);
+    assert!(!set.is_empty());
+    assert!(
+        stderr.contains("init ended before it sent its last batch"),
+        "{stderr}"
+    );
+    let json = set_json(&env, "web");
+    assert_eq!(json["complete"], false, "{json}");
+    assert_eq!(json["gaps"][0]["reason"], "init-lost", "{json}");
+}
+
+#[test]
 fn read_write_conflict_from_the_set() {
     let env = TestEnv::new();
     setup(&env);

@@ -22,8 +22,9 @@ use crate::ui;
 /// used at the time. A merge that moves the base starts the set afresh.
 ///
 /// When the set may lack accesses (the kernel dropped events, a run was not
-/// tracked, a monitor ended early), a warning on stderr names the cause and
-/// `--json` has `"complete": false`.
+/// tracked, a monitor or init ended early, a frozen world could not send its latest
+/// accesses), a warning on stderr names the cause and `--json` has
+/// `"complete": false`.
 ///
 /// Alias: `wset NAME`.
 #[derive(Debug, clap::Args)]
@@ -55,20 +56,24 @@ pub struct Args {
 /// The JSON document of `world set --json`:
 ///
 /// ```text
-/// { "world": "web", "complete": true,
+/// { "world": "web", "complete": true, "up_to_date": true,
 ///   "gaps": [ { "time": "2026-12-04T10:00:00Z", "reason": "queue-overflow", "count": 1 } ],
 ///   "paths": [ { "path": "/etc/hosts", "ops": ["READ"],
 ///                "accesses": [ { "op": "READ", "first": "...", "last": "...",
 ///                                "pid": 12, "command": "cat" } ] } ] }
 /// ```
 ///
+/// `complete` is false when `gaps` is not empty or `up_to_date` is false.
+/// `up_to_date` is false when the world runs but its init did not send its
+/// latest accesses, as when the world is frozen.
 /// A path that is not valid UTF-8 is an object `{"base64": "..."}`. Gap
-/// reasons are `queue-overflow`, `not-recorded`, `monitor-lost` and
-/// `unresolved`. Readers must ignore fields they do not know.
+/// reasons are `queue-overflow`, `not-recorded`, `monitor-lost`,
+/// `init-lost` and `unresolved`. Readers must ignore fields they do not know.
 #[derive(serde::Serialize)]
 struct SetReport<'a> {
     world: &'a WorldName,
     complete: bool,
+    up_to_date: bool,
     gaps: &'a [Gap],
     paths: Vec<PathReport<'a>>,
 }
@@ -122,7 +127,8 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             .collect();
         let report = SetReport {
             world: &args.name,
-            complete: set.is_complete(),
+            complete: set.is_complete() && set.up_to_date,
+            up_to_date: set.up_to_date,
             gaps: &set.gaps,
             paths,
         };

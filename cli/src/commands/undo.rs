@@ -29,8 +29,12 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     ui::status(
         context.quiet,
         format_args!(
-            "undid merge {} of `{}` into `{}` ({} steps)",
-            outcome.merge_id, outcome.child, outcome.parent, outcome.steps
+            "undid merge {} of `{}` into `{}` ({} {})",
+            outcome.merge_id,
+            outcome.child,
+            outcome.parent,
+            outcome.steps,
+            if outcome.steps == 1 { "step" } else { "steps" }
         ),
     );
     Ok(ui::EXIT_OK)

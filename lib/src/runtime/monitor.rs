@@ -122,8 +122,14 @@ pub fn run(store_dir: &Path, name: &WorldName) -> Result<()> {
     }
     tracing::info!(world = %name, init_pid, "world running");
 
-    let status = wait_for_init(init_pid, recorder.as_mut(), store.db_mut());
-    tracing::info!(world = %name, status = %status, "init exited");
+    let tracked = recorder.is_some();
+    let end = wait_for_init(init_pid, recorder.as_mut(), store.db_mut());
+    tracing::info!(world = %name, status = %end.status, "init exited");
+    if tracked && !end.sent_last_batch {
+        if let Err(error) = store.add_access_gap(world.id, GapReason::InitLost) {
+            tracing::warn!(world = %name, error = %error, "record that init ended before it sent its last batch");
+        }
+    }
 
     teardown(name, &paths, Some(&info));
     let removed = store.db_mut().transaction().and_then(|writer| {
@@ -220,16 +226,25 @@ fn create_and_start(
     Ok(pid)
 }
 
+/// How the world's init ended.
+struct InitEnd {
+    /// `exit N`, `signal NAME` or `gone`, for the log.
+    status: String,
+    /// Whether init exited with status 0, which it does only after sending
+    /// its last batch. Killed by a signal, it leaves that batch unsent.
+    sent_last_batch: bool,
+}
+
 /// Waits for init to exit, passing SIGTERM, SIGINT and SIGHUP sent to the
 /// monitor on to it as SIGTERM, and returns how it exited. Meanwhile it
 /// writes the batches of accesses that `recorder` receives to `db`.
-fn wait_for_init(init_pid: i32, mut recorder: Option<&mut Recorder>, db: &mut Db) -> String {
-    let status = wait_and_record(init_pid, recorder.as_deref_mut(), db);
-    // Init sent its last batch before it exited.
+fn wait_for_init(init_pid: i32, mut recorder: Option<&mut Recorder>, db: &mut Db) -> InitEnd {
+    let end = wait_and_record(init_pid, recorder.as_deref_mut(), db);
+    // What init sent before it exited is still in the pipe.
     if let Some(recorder) = recorder {
         receive(recorder, db);
     }
-    status
+    end
 }
 
 /// Writes what `recorder` has received, logging a failure: the accesses
@@ -244,7 +259,7 @@ fn receive(recorder: &mut Recorder, db: &mut Db) -> bool {
     }
 }
 
-fn wait_and_record(init_pid: i32, mut recorder: Option<&mut Recorder>, db: &mut Db) -> String {
+fn wait_and_record(init_pid: i32, mut recorder: Option<&mut Recorder>, db: &mut Db) -> InitEnd {
     let init = Pid::from_raw(init_pid);
     let mut signals = SigSet::empty();
     for signal in [
@@ -262,9 +277,24 @@ fn wait_and_record(init_pid: i32, mut recorder: Option<&mut Recorder>, db: &mut 
     loop {
         // Init may have exited before SIGCHLD was blocked.
         match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return format!("exit {code}"),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return format!("signal {signal}"),
-            Err(Errno::ECHILD) => return "gone".into(),
+            Ok(WaitStatus::Exited(_, code)) => {
+                return InitEnd {
+                    status: format!("exit {code}"),
+                    sent_last_batch: code == 0,
+                }
+            }
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return InitEnd {
+                    status: format!("signal {signal}"),
+                    sent_last_batch: false,
+                }
+            }
+            Err(Errno::ECHILD) => {
+                return InitEnd {
+                    status: "gone".into(),
+                    sent_last_batch: false,
+                }
+            }
             _ => {}
         }
         match &signal_fd {

@@ -27,9 +27,9 @@
 //!   WRITE is a change of a file's data or size; EXEC is an open to run it.
 //!   A file opened for writing and closed unchanged is neither.
 //! - The set is complete unless it has gaps: the kernel's queue overflowed,
-//!   a run had tracking off, a monitor ended without sending its last
-//!   batch, or a directory was gone before its inode could be named. Gaps
-//!   are stored with the set and reported by `world set` and merge.
+//!   a run had tracking off, a monitor or init ended without sending its
+//!   last batch, or a directory was gone before its inode could be named.
+//!   Gaps are stored with the set and reported by `world set` and merge.
 //! - A world's set covers every run since its base; a merge that moves the
 //!   base empties it.
 //!
@@ -144,6 +144,9 @@ pub enum GapReason {
     NotRecorded,
     /// The world's monitor ended without sending its last batch.
     MonitorLost,
+    /// The world's init ended without sending its last batch, as when
+    /// `world stop` kills it with the processes left after the grace period.
+    InitLost,
     /// Directories were removed before their paths could be looked up.
     Unresolved,
 }
@@ -154,6 +157,7 @@ impl GapReason {
             GapReason::QueueOverflow => "queue-overflow",
             GapReason::NotRecorded => "not-recorded",
             GapReason::MonitorLost => "monitor-lost",
+            GapReason::InitLost => "init-lost",
             GapReason::Unresolved => "unresolved",
         }
     }
@@ -163,6 +167,7 @@ impl GapReason {
             GapReason::QueueOverflow,
             GapReason::NotRecorded,
             GapReason::MonitorLost,
+            GapReason::InitLost,
             GapReason::Unresolved,
         ]
         .into_iter()
@@ -176,6 +181,7 @@ impl fmt::Display for GapReason {
             GapReason::QueueOverflow => "the kernel's event queue overflowed",
             GapReason::NotRecorded => "the world ran without tracking",
             GapReason::MonitorLost => "the world's monitor ended before its last batch",
+            GapReason::InitLost => "the world's init ended before it sent its last batch",
             GapReason::Unresolved => "accessed directories were removed before they were named",
         })
     }
