@@ -4,7 +4,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use worlds::diff::json::Bytes;
 use worlds::path::WorldPath;
-use worlds::track::{Access, AccessSet, Gap, Op};
+use worlds::track::{Access, AccessSet, Gap, GapReason, Op};
 use worlds::WorldName;
 
 use super::diff::quote;
@@ -42,10 +42,12 @@ pub struct Args {
     execs: bool,
     /// Show only accesses last seen at or after operation ID of the log
     /// (`world log` lists them).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", allow_hyphen_values = true)]
     since: Option<i64>,
-    /// Print the set as JSON on stdout (see `SetReport` in the source of
-    /// this command for the schema).
+    /// Print the set as JSON on stdout: an object with `world`, `complete`,
+    /// `up_to_date`, `gaps` (`time`, `reason`, `count`) and `paths`, each
+    /// with `path`, `ops` and `accesses` (`op`, `first`, `last`, `pid`,
+    /// `command`). A path that is not UTF-8 is `{"base64": "..."}`.
     #[arg(long)]
     json: bool,
     /// Show only paths at or below these paths inside the world.
@@ -63,7 +65,9 @@ pub struct Args {
 ///                                "pid": 12, "command": "cat" } ] } ] }
 /// ```
 ///
-/// `complete` is false when `gaps` is not empty or `up_to_date` is false.
+/// `complete` is false when `up_to_date` is false or `gaps` has a gap other
+/// than `unresolved`, which counts accesses in directories removed before
+/// their paths were looked up.
 /// `up_to_date` is false when the world runs but its init did not send its
 /// latest accesses, as when the world is frozen.
 /// A path that is not valid UTF-8 is an object `{"base64": "..."}`. Gap
@@ -127,7 +131,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             .collect();
         let report = SetReport {
             world: &args.name,
-            complete: set.is_complete() && set.up_to_date,
+            complete: set.is_complete(),
             up_to_date: set.up_to_date,
             gaps: &set.gaps,
             paths,
@@ -155,7 +159,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             args.name
         ));
     }
-    warn_incomplete(&args.name, &set.gaps);
+    warn_incomplete(&args.name, &set.gaps, context.quiet);
     Ok(ui::EXIT_OK)
 }
 
@@ -181,7 +185,7 @@ fn selected<'a>(
 }
 
 /// Warns, once per reason, that the set may lack accesses.
-pub fn warn_incomplete(name: &WorldName, gaps: &[Gap]) {
+pub fn warn_incomplete(name: &WorldName, gaps: &[Gap], quiet: bool) {
     let mut reasons: Vec<_> = gaps.iter().map(|gap| gap.reason).collect();
     reasons.sort_by_key(|reason| reason.to_string());
     reasons.dedup();
@@ -190,8 +194,25 @@ pub fn warn_incomplete(name: &WorldName, gaps: &[Gap]) {
         let count: i64 = matching.iter().map(|gap| gap.count).sum();
         let last = matching.iter().map(|gap| gap.time).max();
         let last = last.map(ui::format_time).unwrap_or_default();
+        if reason == GapReason::Unresolved {
+            ui::status(
+                quiet,
+                format_args!(
+                    "note: {count} access{} of `{name}` lay in directories removed before their paths were looked up, and {} not listed",
+                    if count == 1 { "" } else { "es" },
+                    if count == 1 { "is" } else { "are" },
+                ),
+            );
+            continue;
+        }
+        let times = if count == 1 { "once" } else { "times" };
+        let count = if count == 1 {
+            String::new()
+        } else {
+            format!("{count} ")
+        };
         ui::warning(format_args!(
-            "the access set of `{name}` may lack accesses: {reason} ({count} times, last at {last})"
+            "the access set of `{name}` may lack accesses: {reason} ({count}{times}, last at {last})"
         ));
     }
 }

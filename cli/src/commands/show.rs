@@ -44,7 +44,7 @@ impl AccessCounts {
             read: with(Op::Read),
             written: with(Op::Write),
             executed: with(Op::Exec),
-            complete: set.is_complete() && set.up_to_date,
+            complete: set.is_complete(),
         }
     }
 }

@@ -71,7 +71,7 @@ pub fn run(tracking: Option<&TrackFds>) -> ! {
         .map(|fds| vec![fds.group.as_raw_fd(), fds.pipe.as_raw_fd()])
         .unwrap_or_default();
     close_inherited_fds(&keep);
-    let mut tracer = tracking.and_then(|fds| Tracer::new(fds).ok());
+    let mut tracer = tracking.map(Tracer::new);
 
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGCHLD);

@@ -166,7 +166,7 @@ fn prepare_tracking(
     );
     let fds = TrackFds {
         group,
-        pipe: write,
+        pipe: File::from(write),
         root,
     };
     Ok((fds, Recorder::new(world_id, world, File::from(read))))

@@ -200,7 +200,7 @@ impl Store {
             parent: parent.clone(),
             merge_id: None,
             applied: false,
-            read_set_complete: access_set.is_complete() && access_set.up_to_date,
+            read_set_complete: access_set.is_complete(),
             plan,
         };
         if options.dry_run || !outcome.plan.conflicts.is_empty() {

@@ -27,9 +27,13 @@
 //!   WRITE is a change of a file's data or size; EXEC is an open to run it.
 //!   A file opened for writing and closed unchanged is neither.
 //! - The set is complete unless it has gaps: the kernel's queue overflowed,
-//!   a run had tracking off, a monitor or init ended without sending its
-//!   last batch, or a directory was gone before its inode could be named.
-//!   Gaps are stored with the set and reported by `world set` and merge.
+//!   a run had tracking off, or a monitor or init ended without sending its
+//!   last batch. Gaps are stored with the set and reported by `world set`
+//!   and merge. Accesses inside a directory that was removed before the
+//!   monitor looked its path up (a temporary directory, typically) are
+//!   counted as an `unresolved` gap that leaves the set complete: a
+//!   directory of the base that the world removed shows in its diff, where
+//!   merge finds the conflicts it needs.
 //! - A world's set covers every run since its base; a merge that moves the
 //!   base empties it.
 //!
@@ -39,6 +43,11 @@
 //!   follow a rename of the file (a file written as `x.tmp` and renamed to
 //!   `x` shows as a write of `x`), but not of a directory above it, nor a
 //!   rename after the world stopped.
+//! - The monitor looks directory paths up when a batch arrives, up to a
+//!   fifth of a second after the access, so an access just before its
+//!   directory was renamed can show under the directory's new name.
+//! - Creating, deleting, renaming or changing the metadata of a file
+//!   without writing its data is not a WRITE; the diff shows those changes.
 //! - Every running world's group gets the events of the whole pool and
 //!   drops the others' in its init, so each running world adds work to
 //!   every access on the pool.
@@ -208,9 +217,14 @@ pub struct AccessSet {
 }
 
 impl AccessSet {
-    /// Returns whether the set has no gaps.
+    /// Returns whether the set may be trusted to hold every access: it is
+    /// up to date and has no gaps but unresolved ones.
     pub fn is_complete(&self) -> bool {
-        self.gaps.is_empty()
+        self.up_to_date
+            && self
+                .gaps
+                .iter()
+                .all(|gap| gap.reason == GapReason::Unresolved)
     }
 
     /// Returns the paths that were read or executed: what the world's
@@ -392,6 +406,23 @@ mod tests {
         for op in Op::ALL {
             assert_eq!(Op::from_bit(op.bit()), Some(op));
         }
+    }
+
+    #[test]
+    fn unresolved_gap_leaves_set_complete() {
+        let mut set = AccessSet::from_rows(Vec::new(), vec![(1, "unresolved".into(), 3)]);
+        assert!(set.is_complete());
+
+        set.up_to_date = false;
+        assert!(!set.is_complete());
+    }
+
+    #[test]
+    fn interpreter_names_recognized() {
+        assert!(tracer::is_interpreter(b"ld-linux-x86-64.so.2"));
+        assert!(tracer::is_interpreter(b"ld-musl-x86_64.so.1"));
+        assert!(!tracer::is_interpreter(b"ld"));
+        assert!(!tracer::is_interpreter(b"patch"));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,8 @@ const READ_PAUSE: Duration = Duration::from_millis(50);
 /// The number of distinct accesses that makes a batch go at once, which
 /// bounds init's memory.
 const MAX_BATCH: usize = 4096;
+/// How many command names init keeps by pid, which bounds its memory.
+const MAX_COMMANDS: usize = 4096;
 /// Size of the buffer that one read of the group fills.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -38,7 +40,7 @@ pub struct TrackFds {
     /// The fanotify group with its filesystem mark.
     pub group: OwnedFd,
     /// The write end of the pipe to the monitor.
-    pub pipe: OwnedFd,
+    pub pipe: File,
     /// The btrfs tree id of the world's subvolume.
     pub root: u64,
 }
@@ -46,12 +48,13 @@ pub struct TrackFds {
 /// The state of tracking in init.
 pub struct Tracer<'fds> {
     group: BorrowedFd<'fds>,
-    pipe: File,
+    pipe: &'fds File,
     root: u64,
     batch: Batch,
     /// When the oldest access of the batch was read.
     pending_since: Option<Instant>,
-    /// Command names of the batch's processes, by pid.
+    /// Command names of the world's processes, by pid: from the programs
+    /// they ran, or else from `/proc`.
     commands: HashMap<i32, String>,
     buffer: Vec<u8>,
     /// Set once the monitor is gone; accesses are then dropped.
@@ -62,11 +65,10 @@ pub struct Tracer<'fds> {
 
 impl<'fds> Tracer<'fds> {
     /// Starts tracking with the descriptors of `fds`.
-    pub fn new(fds: &'fds TrackFds) -> io::Result<Self> {
-        let pipe = File::from(fds.pipe.try_clone()?);
-        Ok(Self {
+    pub fn new(fds: &'fds TrackFds) -> Self {
+        Self {
             group: fds.group.as_fd(),
-            pipe,
+            pipe: &fds.pipe,
             root: fds.root,
             batch: Batch::default(),
             pending_since: None,
@@ -74,7 +76,7 @@ impl<'fds> Tracer<'fds> {
             buffer: vec![0; READ_BUFFER],
             broken: false,
             last_read: Instant::now(),
-        })
+        }
     }
 
     /// Returns the group's descriptor to poll for events, or `None` while
@@ -139,20 +141,21 @@ impl<'fds> Tracer<'fds> {
                 dir,
                 name,
             } if pid > 1 && dir.root == self.root && mask & libc::FAN_ONDIR == 0 => {
-                if mask & crate::sys::fanotify::EXEC_EVENTS != 0 {
-                    // exec(2) renames the process.
-                    self.commands.remove(&pid);
+                // exec(2) gives the process the program's name. The event
+                // comes before that, and the process may be gone before
+                // init reads its later events, so the program's file name
+                // is kept. The ELF interpreter is opened to run too, but
+                // does not name the process.
+                if mask & crate::sys::fanotify::EXEC_EVENTS != 0 && !is_interpreter(&name) {
+                    if self.commands.len() >= MAX_COMMANDS {
+                        self.commands.clear();
+                    }
+                    self.commands.insert(pid, command_name(&name));
                 }
                 for op in Op::from_mask(mask) {
                     let commands = &mut self.commands;
-                    self.batch.add(dir.ino, &name, op, now, pid, || match op {
-                        // The event comes before exec(2) renames the
-                        // process, so the program's file name is its
-                        // command name, as the kernel will set it.
-                        Op::Exec => command_name(&name),
-                        Op::Read | Op::Write => {
-                            commands.entry(pid).or_insert_with(|| command(pid)).clone()
-                        }
+                    self.batch.add(dir.ino, &name, op, now, pid, || {
+                        commands.entry(pid).or_insert_with(|| command(pid)).clone()
                     });
                 }
             }
@@ -193,14 +196,14 @@ impl<'fds> Tracer<'fds> {
 
     fn send(&mut self) {
         self.pending_since = None;
-        self.commands.clear();
         let bytes = self.batch.take_encoded();
         if bytes.is_empty() || self.broken {
             return;
         }
         // A write error means the monitor is gone; the next command
         // records the lost batch as a gap when it cleans up after it.
-        if self.pipe.write_all(&bytes).is_err() {
+        let mut pipe = self.pipe;
+        if pipe.write_all(&bytes).is_err() {
             self.broken = true;
         }
     }
@@ -210,6 +213,12 @@ impl<'fds> Tracer<'fds> {
 /// `name`: its first 15 bytes (`TASK_COMM_LEN` less the NUL).
 fn command_name(name: &[u8]) -> String {
     String::from_utf8_lossy(&name[..name.len().min(15)]).into_owned()
+}
+
+/// Returns whether the program file `name` is an ELF interpreter, such as
+/// `ld-linux-x86-64.so.2`, which exec(2) opens besides the program.
+pub(crate) fn is_interpreter(name: &[u8]) -> bool {
+    name.starts_with(b"ld-") && name.windows(3).any(|part| part == b".so")
 }
 
 /// Returns the command name of process `pid` of the world, or `?` when it
