@@ -38,8 +38,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Prints a command, quoted as a shell would need it, then runs it.
 step() {
-    printf '\n$ %s\n' "$*"
+    printf '\n$'
+    printf ' %q' "$@"
+    printf '\n'
     "$@"
 }
 

@@ -154,43 +154,53 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     }
     let runtime = as_runtime_error(cause).and_then(|error| {
         Some(match error {
-            RuntimeError::NotRunning { .. } => "start it with `world start NAME`",
-            RuntimeError::Frozen { .. } => "thaw it with `world thaw NAME`",
-            RuntimeError::UnknownUser { .. } | RuntimeError::UnknownGroup { .. } => {
-                "give a name from the world's account files, or a number"
+            RuntimeError::NotRunning { name } => {
+                format!("start it with `world start {name}`")
             }
-            RuntimeError::SubnetFull { .. } => "stop a veth world, or give a larger --subnet",
-            RuntimeError::StartFailed { .. } => {
-                "the monitor's log is in the store under logs/NAME.log"
+            RuntimeError::Frozen { name } => {
+                format!("thaw it with `world thaw {name}`")
+            }
+            RuntimeError::UnknownUser { .. } | RuntimeError::UnknownGroup { .. } => {
+                "give a name from the world's account files, or a number".to_owned()
+            }
+            RuntimeError::SubnetFull { .. } => {
+                "stop a veth world, or give a larger --subnet".to_owned()
+            }
+            RuntimeError::StartFailed { name, .. } => {
+                format!("the monitor's log is in the store under logs/{name}.log")
             }
             _ => return None,
         })
     });
     let store = as_store_error(cause).and_then(|error| {
         Some(match error {
-            StoreError::WorldRunning { .. } => {
-                "stop it with `world stop NAME`, or add --force to stop it and delete it"
+            StoreError::WorldRunning { name } => {
+                format!(
+                    "stop it with `world stop {name}`, or add --force to stop it and delete it"
+                )
             }
-            StoreError::NotRoot => "run it as root, for example with sudo",
+            StoreError::NotRoot => "run it as root, for example with sudo".to_owned(),
             StoreError::NoStore { .. } => {
-                "create the store and its first world with `world init NAME --busybox`, or pick another store with --store"
+                "create the store and its first world with `world init NAME --busybox`, or pick another store with --store".to_owned()
             }
-            StoreError::WorldNotFound { .. } => "`world list` shows the worlds of this store",
-            StoreError::WorldExists { .. } => {
-                "choose another name, or remove the old world with `world delete NAME`"
+            StoreError::WorldNotFound { .. } => "`world list` shows the worlds of this store".to_owned(),
+            StoreError::WorldExists { name } => {
+                format!(
+                    "choose another name, or remove the old world with `world delete {name}`"
+                )
             }
-            StoreError::HasChildren { .. } => "add --recursive to delete the children too",
+            StoreError::HasChildren { .. } => "add --recursive to delete the children too".to_owned(),
             StoreError::NothingToUndo { .. } => {
-                "`world log` lists the merges; pre-merge snapshots are kept for the last five merges into each world"
+                "`world log` lists the merges; pre-merge snapshots are kept for the last five merges into each world".to_owned()
             }
             StoreError::NoBase { .. } => {
-                "a diff compares a child world with the snapshot of its parent it was made from; `world tree` shows which worlds are children"
+                "a diff compares a child world with the snapshot of its parent it was made from; `world tree` shows which worlds are children".to_owned()
             }
-            StoreError::LayoutTooNew { .. } => "this store was written by a newer worlds",
-            StoreError::InsideStore { .. } => "choose a store directory outside every store's pool",
-            StoreError::NotSubvolume { .. } => "remove or move it by hand if it is not needed",
+            StoreError::LayoutTooNew { .. } => "this store was written by a newer worlds".to_owned(),
+            StoreError::InsideStore { .. } => "choose a store directory outside every store's pool".to_owned(),
+            StoreError::NotSubvolume { .. } => "remove or move it by hand if it is not needed".to_owned(),
             StoreError::Db(worlds::db::DbError::NotInitialized { .. }) => {
-                "restore worlds.db from a backup; without it the store's worlds are unknown"
+                "restore worlds.db from a backup; without it the store's worlds are unknown".to_owned()
             }
             _ => return None,
         })
@@ -242,9 +252,8 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     };
     runtime
         .or(store)
-        .or_else(pool)
-        .or_else(errno)
-        .map(str::to_owned)
+        .or_else(|| pool().map(str::to_owned))
+        .or_else(|| errno().map(str::to_owned))
         .or_else(rootfs)
 }
 

@@ -40,7 +40,7 @@ fn unknown_world_and_duplicate() {
     assert_eq!(duplicate.code, 2);
     insta::assert_snapshot!(duplicate.stderr, @r"
     error: world `base` already exists
-    hint: choose another name, or remove the old world with `world delete NAME`
+    hint: choose another name, or remove the old world with `world delete base`
     ");
     let has_children = {
         env.world_ok(&["create", "child", "base"]);

@@ -367,7 +367,7 @@ fn delete_running_world_needs_force() {
     assert_eq!(refused.code, 2);
     assert_eq!(
         refused.stderr,
-        "error: world `child` is running\nhint: stop it with `world stop NAME`, or add --force to stop it and delete it\n"
+        "error: world `child` is running\nhint: stop it with `world stop child`, or add --force to stop it and delete it\n"
     );
     let refused_parent = env.world(&["delete", "--recursive", "base"]);
     assert_eq!(refused_parent.code, 2);

@@ -2,7 +2,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Instant;
 
-use worlds::merge::plan::{Conflict, Pattern, PlanOptions, Side, Step};
+use worlds::merge::plan::{Conflict, ConflictKind, Pattern, PlanOptions, Side, Step};
 use worlds::path::WorldPath;
 use worlds::store::MergeOptions;
 use worlds::WorldName;
@@ -20,8 +20,9 @@ use crate::ui;
 /// (structural), prints each conflict and exits with 1, changing nothing.
 /// Otherwise it takes a pre-merge snapshot of the parent, applies the
 /// changes (file data cloned with reflinks, each file renamed into place),
-/// and moves the child's base to the merged state. An interrupted merge is
-/// rolled back by the next command; `world undo PARENT` takes a merge back.
+/// and moves the child's base to the merged state. The next command rolls
+/// an interrupted merge back, or completes it if every change had reached
+/// the parent, and says which; `world undo PARENT` takes a merge back.
 ///
 /// Alias: `wmerge CHILD PARENT`.
 #[derive(Debug, clap::Args)]
@@ -140,10 +141,17 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
                 if conflicts == 1 { "" } else { "s" }
             ),
         );
-        ui::status(
-            context.quiet,
-            "hint: --prefer child|parent settles write-write conflicts, --ignore-reads PATH read-write ones; --only merges a part; --dry-run shows the plan",
-        );
+        let has = |kind: ConflictKind| outcome.plan.conflicts.iter().any(|c| c.kind == kind);
+        let mut options = Vec::new();
+        if has(ConflictKind::WriteWrite) {
+            options.push("--prefer child|parent settles write-write conflicts");
+        }
+        if has(ConflictKind::ReadWrite) {
+            options.push("--ignore-reads PATTERN read-write ones (for logs, say)");
+        }
+        options.push("--only PATH merges a part");
+        options.push("--dry-run shows the plan");
+        ui::status(context.quiet, format_args!("hint: {}", options.join("; ")));
         return Ok(ui::EXIT_BLOCKED);
     }
     if let Some(id) = outcome.merge_id {

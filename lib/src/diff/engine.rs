@@ -470,6 +470,9 @@ pub fn entry_of(
     }
 }
 
+// NOTE: host paths are the store's pool path plus the world path, so a
+// world path near PATH_MAX fails with ENAMETOOLONG; walking with directory
+// descriptors (openat) would lift that limit.
 fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
     match fs::symlink_metadata(path) {
         Ok(metadata) => Ok(Some(metadata)),
