@@ -768,19 +768,21 @@ impl Writer<'_> {
     /// Moves the writes of path `from` in world `world_id`'s access set to
     /// path `to`, merging them with writes recorded there.
     pub fn move_writes(&self, world_id: i64, from: &[u8], to: &[u8]) -> Result<()> {
-        self.transaction.execute(
-            "INSERT INTO accesses (world_id, path, op, first_ms, last_ms, pid, command)
-             SELECT world_id, ?3, op, first_ms, last_ms, pid, command FROM accesses
-             WHERE world_id = ?1 AND path = ?2 AND op = 2
-             ON CONFLICT (world_id, path, op) DO UPDATE SET
-                 first_ms = min(first_ms, excluded.first_ms),
-                 last_ms = max(last_ms, excluded.last_ms)",
-            params![world_id, from, to],
-        )?;
-        self.transaction.execute(
-            "DELETE FROM accesses WHERE world_id = ?1 AND path = ?2 AND op = 2",
-            params![world_id, from],
-        )?;
+        // A patch run renames thousands of files, so the statements are
+        // prepared once.
+        self.transaction
+            .prepare_cached(
+                "INSERT INTO accesses (world_id, path, op, first_ms, last_ms, pid, command)
+                 SELECT world_id, ?3, op, first_ms, last_ms, pid, command FROM accesses
+                 WHERE world_id = ?1 AND path = ?2 AND op = 2
+                 ON CONFLICT (world_id, path, op) DO UPDATE SET
+                     first_ms = min(first_ms, excluded.first_ms),
+                     last_ms = max(last_ms, excluded.last_ms)",
+            )?
+            .execute(params![world_id, from, to])?;
+        self.transaction
+            .prepare_cached("DELETE FROM accesses WHERE world_id = ?1 AND path = ?2 AND op = 2")?
+            .execute(params![world_id, from])?;
         Ok(())
     }
 

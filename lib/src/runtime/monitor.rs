@@ -243,6 +243,9 @@ fn wait_for_init(init_pid: i32, mut recorder: Option<&mut Recorder>, db: &mut Db
     // What init sent before it exited is still in the pipe.
     if let Some(recorder) = recorder {
         receive(recorder, db);
+        if let Err(error) = recorder.commit(db) {
+            tracing::warn!(error = %error, "record the last accesses");
+        }
     }
     end
 }
@@ -303,7 +306,16 @@ fn wait_and_record(init_pid: i32, mut recorder: Option<&mut Recorder>, db: &mut 
                 if let Some(recorder) = &recorder {
                     fds.push(PollFd::new(recorder.pipe(), PollFlags::POLLIN));
                 }
-                let _ = poll(&mut fds, PollTimeout::NONE);
+                // Round up, so that a due commit is not polled for in a
+                // loop.
+                let timeout = recorder
+                    .as_ref()
+                    .and_then(|recorder| recorder.timeout())
+                    .map_or(PollTimeout::NONE, |wait| {
+                        PollTimeout::try_from(wait.as_millis() as u64 + 1)
+                            .unwrap_or(PollTimeout::MAX)
+                    });
+                let _ = poll(&mut fds, timeout);
                 let batch_ready = fds
                     .get(1)
                     .and_then(|fd| fd.revents())
@@ -315,8 +327,13 @@ fn wait_and_record(init_pid: i32, mut recorder: Option<&mut Recorder>, db: &mut 
                         .is_some_and(|recorder| receive(recorder, db));
                     if !open {
                         // The pipe's end: stop polling it, or poll would
-                        // return at once forever.
+                        // return at once forever. The caller commits what
+                        // waits.
                         recorder = None;
+                    }
+                } else if let Some(recorder) = recorder.as_deref_mut() {
+                    if let Err(error) = recorder.commit_if_due(db) {
+                        tracing::warn!(error = %error, "record a batch of accesses");
                     }
                 }
                 while let Ok(Some(info)) = signal_fd.read_signal() {

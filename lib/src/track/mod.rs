@@ -18,8 +18,10 @@
 //! - Init groups what it reads by directory inode, entry name and operation
 //!   and sends the groups to the monitor over a pipe every
 //!   [`tracer::BATCH_INTERVAL`] ([`wire`]). The monitor turns each
-//!   directory inode into a path with one btrfs lookup, cached, and writes
-//!   the batch to the database in one transaction ([`recorder`]).
+//!   directory inode into a path with one btrfs lookup, cached, as a batch
+//!   arrives, and writes what arrived to the database in one transaction a
+//!   second ([`recorder`]). A monitor that crashes loses at most that
+//!   second, which the next command records as a gap.
 //! - Renames are recorded too: a write moves with the file it wrote, and a
 //!   directory rename makes the monitor look directory paths up again.
 //! - READ is a read of a file's data or the close of a file opened only for
@@ -158,6 +160,8 @@ pub enum GapReason {
     InitLost,
     /// Directories were removed before their paths could be looked up.
     Unresolved,
+    /// A batch from init could not be read.
+    BadBatch,
 }
 
 impl GapReason {
@@ -168,6 +172,7 @@ impl GapReason {
             GapReason::MonitorLost => "monitor-lost",
             GapReason::InitLost => "init-lost",
             GapReason::Unresolved => "unresolved",
+            GapReason::BadBatch => "bad-batch",
         }
     }
 
@@ -178,6 +183,7 @@ impl GapReason {
             GapReason::MonitorLost,
             GapReason::InitLost,
             GapReason::Unresolved,
+            GapReason::BadBatch,
         ]
         .into_iter()
         .find(|reason| reason.as_str() == text)
@@ -192,6 +198,7 @@ impl fmt::Display for GapReason {
             GapReason::MonitorLost => "the world's monitor ended before its last batch",
             GapReason::InitLost => "the world's init ended before it sent its last batch",
             GapReason::Unresolved => "accessed directories were removed before they were named",
+            GapReason::BadBatch => "a batch of accesses from init could not be read",
         })
     }
 }
