@@ -33,6 +33,9 @@ use crate::track::recorder::Recorder;
 use crate::track::tracer::TrackFds;
 use crate::track::GapReason;
 
+/// The nice value of a monitor once its world runs.
+const MONITOR_NICE: i32 = 19;
+
 /// Runs the monitor of world `name` in the store at `store_dir` until the
 /// world stops.
 ///
@@ -116,6 +119,12 @@ pub fn run(store_dir: &Path, name: &WorldName) -> Result<()> {
         if let Err(error) = store.add_access_gap(world.id, GapReason::NotRecorded) {
             tracing::warn!(world = %name, error = %error, "record that this run is not tracked");
         }
+    }
+    // The monitor only reaps init and writes access batches, which may
+    // wait, so it yields the CPU to the world's work and the kernel's.
+    // Init, forked before, keeps its priority.
+    if let Err(error) = crate::sys::process::lower_priority(MONITOR_NICE) {
+        tracing::debug!(error = %error, "lower the monitor's priority");
     }
     if let Some(mut ready) = ready {
         let _ = writeln!(ready, "{READY_LINE}");
