@@ -416,16 +416,19 @@ noise):
   and left the kernel nothing to merge: the tracked run took 20 % to 100 %
   longer than the untracked one. Reading every 50 ms lets a file's reads
   and its close merge into one queued event; that brought the tracked run
-  within about 5 % to 8 % of the untracked one, most of it system time of
-  the patch process itself (about 0.14 s of 1.3 s), which is the kernel
-  queueing events.
+  to about 6 % to 8 % over the untracked one.
 - Reporting writes at close (\`FAN_CLOSE_WRITE\`, one event a file)
   instead of at each write (\`FAN_MODIFY\`) made no difference that these
   runs could tell, and would count files opened for writing but left
   unchanged, so writes are reported at each write.
-- Init sends its batches to the monitor every 200 ms, and the monitor
-  writes each in one SQLite transaction without waiting for fsync; both
-  together used about 0.1 s of CPU per run, on the other core.
+- With the monitor's database writes left out, the same runs took about
+  2 % longer with tracking than without, so most of the rest was the
+  monitor. It now names paths as init's batches arrive (every 200 ms), but
+  writes them in one SQLite transaction a second, without waiting for
+  fsync, with prepared statements, and at the lowest CPU priority. In the
+  runs above, the paired difference is bimodal: about half the runs show
+  no overhead and the others 7 % to 13 %, which no change tried here
+  (fewer commits, no WAL checkpoints during the run) removed.
 
 Deleting what the patch run left, timed after the bare run and after the
 world run without tracking:
