@@ -334,3 +334,29 @@ fn container_setup_not_recorded() {
     let (set, _) = access_set(&env, &["web"]);
     assert_eq!(set.keys().collect::<Vec<_>>(), ["/bin/busybox"]);
 }
+
+#[test]
+fn options_of_second_start_warned() {
+    let env = TestEnv::new();
+    setup(&env);
+    env.world_ok(&["start", "web", "--network", "none"]);
+
+    let again = env.world_ok(&["start", "web", "--no-track"]);
+    assert!(
+        again.stderr.contains("is running already"),
+        "{}",
+        again.stderr
+    );
+    assert!(
+        again.stderr.contains("were not applied"),
+        "{}",
+        again.stderr
+    );
+    let plain = env.world_ok(&["start", "web"]);
+    assert!(
+        !plain.stderr.contains("were not applied"),
+        "{}",
+        plain.stderr
+    );
+    env.world_ok(&["stop", "web"]);
+}

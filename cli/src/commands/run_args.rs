@@ -47,6 +47,11 @@ pub struct StartArgs {
 }
 
 impl RunArgs {
+    /// Returns whether any of these options is given.
+    pub fn any_set(&self) -> bool {
+        self.network.is_some() || self.limits() != Limits::default() || self.tracking().is_some()
+    }
+
     /// Returns whether to track accesses, if these options choose.
     pub fn tracking(&self) -> Option<bool> {
         match (self.track, self.no_track) {

@@ -34,10 +34,17 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
             context.quiet,
             format_args!("started world `{name}`{address}"),
         ),
-        StartOutcome::AlreadyRunning => ui::status(
-            context.quiet,
-            format_args!("world `{name}` is {} already{address}", status.state),
-        ),
+        StartOutcome::AlreadyRunning => {
+            ui::status(
+                context.quiet,
+                format_args!("world `{name}` is {} already{address}", status.state),
+            );
+            if args.start.run.any_set() {
+                ui::warning(format_args!(
+                    "the run options were not applied to the running world; `world restart {name}` with them applies them"
+                ));
+            }
+        }
     }
     Ok(ui::EXIT_OK)
 }
