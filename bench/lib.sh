@@ -77,6 +77,11 @@ build_world() {
     else
         revision=$(describe_revision)
     fi
+    # The build needs the C toolchain and libseccomp that the test script
+    # installs; their list is in scripts/lib/setup.sh.
+    local build_packages
+    read -r -a build_packages < <(bash -c '. "$1"; echo "${WORLDS_BUILD_PACKAGES[@]}"' _ "$repo/scripts/lib/setup.sh")
+    install_missing "${build_packages[@]}"
     log "building the release binary of $revision in $CARGO_TARGET_DIR"
     (cd "$source" && cargo build --release --quiet -p world-cli) >&2
     cp "$CARGO_TARGET_DIR/release/world" "$store/world"
