@@ -126,7 +126,8 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         ColorChoice::Never => false,
         ColorChoice::Auto => io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    let mut out = io::stdout().lock();
+    // Stdout writes each line on its own; a buffer writes a long list at once.
+    let mut out = io::BufWriter::new(io::stdout().lock());
     if args.json {
         let report = Report {
             world: &args.name,

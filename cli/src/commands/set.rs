@@ -114,7 +114,8 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     let set = store.access_set(&args.name, args.since)?;
 
     let listed = selected(&set, &filters, &requested);
-    let mut out = io::stdout().lock();
+    // Stdout writes each line on its own; a buffer writes a long list at once.
+    let mut out = io::BufWriter::new(io::stdout().lock());
     if args.json {
         let absolute: Vec<Vec<u8>> = listed
             .iter()
