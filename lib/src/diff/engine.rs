@@ -58,46 +58,54 @@ pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
     let changed = btrfs::changed_inodes(&world, since)?;
     let searched = started.elapsed();
     let candidates = resolve_paths(&world, &changed)?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4);
-
+    let list: Vec<&WorldPath> = candidates.iter().collect();
     let resolved = started.elapsed();
 
-    // Comparing is mostly waiting for inode lookups, so the candidates are
-    // split among a few threads.
-    let list: Vec<&WorldPath> = candidates.iter().collect();
-    let chunk = list.len().div_ceil(threads).max(1);
-    let parts: Vec<io::Result<Changes>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = list
-            .chunks(chunk)
-            .map(|part| {
-                let candidates = &candidates;
-                scope.spawn(move || {
-                    let mut changes = Changes::new();
-                    for path in part {
-                        let (change, in_world) = compare_status(sides, path)?;
-                        record(&mut changes, change);
-                        if in_world.as_ref().is_some_and(Metadata::is_dir) {
-                            compare_entries(sides, path, candidates, &mut changes)?;
-                        }
-                    }
-                    Ok(changes)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("diff worker panicked")))
-            })
-            .collect()
-    });
+    // First every candidate on its own, then what lies around them: the
+    // entries of changed directories, and what lies below a directory that
+    // was added, deleted or replaced.
+    let compared = in_parallel(&list, |path| {
+        let (change, base, world) = compare_statuses(sides, path)?;
+        Ok(Compared {
+            path,
+            change,
+            base,
+            world,
+        })
+    })?;
+    let added_names = added_name_bytes(&compared);
+    let nearby = in_parallel(&compared, |candidate| {
+        let mut changes = Changes::new();
+        let (Some(base), Some(world)) = (&candidate.base, &candidate.world) else {
+            if candidate
+                .base
+                .as_ref()
+                .or(candidate.world.as_ref())
+                .is_some_and(Metadata::is_dir)
+            {
+                descend(sides, candidate.path, &mut changes)?;
+            }
+            return Ok(changes);
+        };
+        match (base.is_dir(), world.is_dir()) {
+            (false, false) => {}
+            (true, true) if base.ino() == world.ino() => {
+                let added = added_names.get(candidate.path.as_bytes()).copied();
+                if may_have_lost_entries(base, world, added.unwrap_or(0)) {
+                    compare_entries(sides, candidate.path, &candidates, &mut changes)?;
+                }
+            }
+            _ => descend(sides, candidate.path, &mut changes)?,
+        }
+        Ok(changes)
+    })?;
+
     let mut changes = Changes::new();
-    for part in parts {
-        changes.extend(part?);
+    for candidate in compared {
+        record(&mut changes, candidate.change);
+    }
+    for part in nearby {
+        changes.extend(part);
     }
     tracing::debug!(
         candidates = candidates.len(),
@@ -108,6 +116,81 @@ pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
         "fast diff"
     );
     Ok(changes.into_values().collect())
+}
+
+/// A candidate of the fast path, compared on its own.
+struct Compared<'a> {
+    path: &'a WorldPath,
+    change: Option<Change>,
+    base: Option<Metadata>,
+    world: Option<Metadata>,
+}
+
+/// Returns, by directory, the total length of the names of the candidates
+/// that are new in it: missing in the base, present in the world.
+fn added_name_bytes<'a>(compared: &[Compared<'a>]) -> HashMap<&'a [u8], u64> {
+    let mut added: HashMap<&[u8], u64> = HashMap::new();
+    for candidate in compared {
+        if candidate.path.is_root() || candidate.base.is_some() || candidate.world.is_none() {
+            continue;
+        }
+        let bytes = candidate.path.as_bytes();
+        let (parent, name) = match bytes.iter().rposition(|&b| b == b'/') {
+            Some(slash) => (&bytes[..slash], &bytes[slash + 1..]),
+            None => (&bytes[..0], bytes),
+        };
+        *added.entry(parent).or_default() += name.len() as u64;
+    }
+    added
+}
+
+/// Returns whether a directory, the same inode in the base (`base`) and the
+/// world (`world`), may have lost a name since the base, given the total
+/// length `added` of the names that the candidates added to it.
+///
+/// The size of a btrfs directory is twice the total length of its names.
+/// Every name that the world added names a changed inode (linking and
+/// renaming move the ctime), which is a candidate, so the names that the
+/// world removed have a total length of half the base's size plus `added`
+/// minus half the world's size. When that is zero, no name was removed and
+/// every new or replaced entry is a candidate, so the listings need no
+/// comparing. Any other result, such as from a name that is not a
+/// candidate, compares them.
+fn may_have_lost_entries(base: &Metadata, world: &Metadata, added: u64) -> bool {
+    base.size().checked_add(added.saturating_mul(2)) != Some(world.size())
+}
+
+/// Runs `work` on every item of `items` on a few threads and returns the
+/// results in order, or the first error. Comparing is mostly waiting for
+/// inode lookups, so threads help even where the CPUs are few.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    work: impl Fn(&T) -> io::Result<R> + Sync,
+) -> io::Result<Vec<R>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let chunk = items.len().div_ceil(threads).max(1);
+    let work = &work;
+    let parts: Vec<io::Result<Vec<R>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(work).collect()))
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("diff worker panicked")))
+            })
+            .collect()
+    });
+    let mut results = Vec::with_capacity(items.len());
+    for part in parts {
+        results.extend(part?);
+    }
+    Ok(results)
 }
 
 /// Returns the paths of the changed inodes in `changed`, relative to the
@@ -211,11 +294,11 @@ fn compare_entries(
             continue;
         }
         let path = dir.join(name);
-        // A candidate of its own is compared in its turn; a replaced
-        // directory must still be walked below.
-        if !candidates.contains(&path) {
-            record(changes, compare(sides, &path)?);
+        // A candidate is compared, and walked below, on its own.
+        if candidates.contains(&path) {
+            continue;
         }
+        record(changes, compare(sides, &path)?);
         // Only a directory on either side has anything below it. The type
         // comes from the directory entry, and `descend` looks up an entry
         // whose type could not be read.
@@ -296,15 +379,15 @@ fn record(changes: &mut Changes, change: Option<Change>) {
 
 /// Compares one path on both sides and returns its change, if any.
 pub fn compare(sides: &Sides<'_>, path: &WorldPath) -> io::Result<Option<Change>> {
-    Ok(compare_status(sides, path)?.0)
+    Ok(compare_statuses(sides, path)?.0)
 }
 
 /// Compares one path on both sides like [`compare`], and also returns the
-/// world side's attributes, or `None` when the path is missing there.
-fn compare_status(
+/// attributes of each side, or `None` where the path is missing.
+fn compare_statuses(
     sides: &Sides<'_>,
     path: &WorldPath,
-) -> io::Result<(Option<Change>, Option<Metadata>)> {
+) -> io::Result<(Option<Change>, Option<Metadata>, Option<Metadata>)> {
     let base_host = path.under(sides.base);
     let world_host = path.under(sides.world);
     let base_metadata = lstat(&base_host)?;
@@ -314,7 +397,7 @@ fn compare_status(
         (&base_host, base_metadata.as_ref()),
         (&world_host, world_metadata.as_ref()),
     )?;
-    Ok((change, world_metadata))
+    Ok((change, base_metadata, world_metadata))
 }
 
 /// Compares one path given the host path and attributes of each side.
