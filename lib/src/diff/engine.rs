@@ -149,13 +149,16 @@ fn added_name_bytes<'a>(compared: &[Compared<'a>]) -> HashMap<&'a [u8], u64> {
 /// length `added` of the names that the candidates added to it.
 ///
 /// The size of a btrfs directory is twice the total length of its names.
-/// Every name that the world added names a changed inode (linking and
-/// renaming move the ctime), which is a candidate, so the names that the
-/// world removed have a total length of half the base's size plus `added`
-/// minus half the world's size. When that is zero, no name was removed and
-/// every new or replaced entry is a candidate, so the listings need no
-/// comparing. Any other result, such as from a name that is not a
-/// candidate, compares them.
+/// Every name that the world added points to a changed inode, because
+/// linking and renaming move the ctime, so that inode is a candidate. The
+/// removed names then have a total length of (base size + 2 × `added` −
+/// world size) / 2. When that is zero, nothing was removed and every new or
+/// replaced entry is a candidate, so the listings need no comparing. Any
+/// other result compares them.
+///
+/// NOTE: a name that is not a candidate, such as that of a subvolume made
+/// inside the world, goes unseen when a removed name of the same length
+/// hides it.
 fn may_have_lost_entries(base: &Metadata, world: &Metadata, added: u64) -> bool {
     base.size().checked_add(added.saturating_mul(2)) != Some(world.size())
 }
