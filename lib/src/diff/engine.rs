@@ -11,6 +11,7 @@
 //! and compares only those paths and the entries of changed directories
 //! with the base. Deletions and renames show up as changed directories.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, Metadata};
 use std::io;
@@ -200,10 +201,11 @@ fn in_parallel<T: Sync, R: Send>(
 /// root of the subvolume `world`.
 ///
 /// An inode with one link has one reference, and the path of its directory
-/// is built up from the references that the search returned. Where one is
-/// missing, because it lies in a tree block that did not change, the path
-/// comes from `BTRFS_IOC_INO_PATHS`, as it does for an inode with more
-/// links. Directories are looked up once each.
+/// is built up from the references that the search returned. Where a
+/// directory's reference is missing, because it lies in a tree block that
+/// did not change, it is read from the tree. The paths of an inode with
+/// more links come from `BTRFS_IOC_INO_PATHS`. Directories are looked up
+/// once each.
 fn resolve_paths(world: &File, changed: &btrfs::TreeChanges) -> io::Result<BTreeSet<WorldPath>> {
     let mut names: HashMap<u64, Vec<&btrfs::InodeName>> = HashMap::new();
     for name in &changed.names {
@@ -244,36 +246,43 @@ fn directory_path<'a>(
     only_name: &dyn Fn(u64) -> Option<&'a btrfs::InodeName>,
     known: &mut HashMap<u64, Option<Vec<u8>>>,
 ) -> io::Result<Option<Vec<u8>>> {
-    // Climb through the references until a directory whose path is known.
-    let mut chain: Vec<&btrfs::InodeName> = Vec::new();
+    // Climb through the names until a directory whose path is known. A
+    // name that the search did not return is read from the tree.
+    let mut chain: Vec<(u64, Cow<'a, [u8]>)> = Vec::new();
     let mut current = ino;
     let mut path = loop {
         if let Some(path) = known.get(&current) {
             break path.clone();
         }
-        match only_name(current) {
-            Some(name) if chain.len() < MAX_DEPTH => {
-                chain.push(name);
-                current = name.parent;
-            }
-            _ => {
-                let found = btrfs::inode_paths(world, current)?.into_iter().next();
-                known.insert(current, found.clone());
-                break found;
-            }
+        if chain.len() >= MAX_DEPTH {
+            let found = btrfs::inode_paths(world, current)?.into_iter().next();
+            known.insert(current, found.clone());
+            break found;
         }
+        let (name, parent) = match only_name(current) {
+            Some(name) => (Cow::Borrowed(name.name.as_slice()), name.parent),
+            None => match btrfs::directory_name(world, current)? {
+                Some(name) => (Cow::Owned(name.name), name.parent),
+                None => {
+                    known.insert(current, None);
+                    break None;
+                }
+            },
+        };
+        chain.push((current, name));
+        current = parent;
     };
 
     // Walk back down, remembering each directory on the way.
-    for name in chain.iter().rev() {
+    for (ino, name) in chain.iter().rev() {
         path = path.map(|mut parent| {
             if !parent.is_empty() {
                 parent.push(b'/');
             }
-            parent.extend_from_slice(&name.name);
+            parent.extend_from_slice(name);
             parent
         });
-        known.insert(name.ino, path.clone());
+        known.insert(*ino, path.clone());
     }
     Ok(path)
 }

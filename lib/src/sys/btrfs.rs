@@ -312,7 +312,8 @@ pub struct TreeChanges {
     /// The inodes whose item changed.
     pub inodes: Vec<ChangedInode>,
     /// The inode references of those blocks, changed or not, as they are
-    /// now. An inode's other references may lie in blocks not searched.
+    /// now, of the changed inodes and of directories. An inode's other
+    /// references may lie in blocks not searched.
     pub names: Vec<InodeName>,
 }
 
@@ -343,20 +344,253 @@ const SEARCH_V2_BUFFER: usize = 1 << 20;
 /// not yet in the tree (delayed inode updates) are missed: commit them
 /// first, with syncfs(2) or by searching a new snapshot.
 pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
+    // The search is split by inode number among a few threads, because
+    // copying out the items of the rewritten blocks is most of its cost.
+    let top = highest_changed_objectid(subvolume, since)?;
+    let step = (top / SEARCH_PARTS).max(1);
+    let ranges: Vec<(u64, u64)> = (0..SEARCH_PARTS)
+        .map(|part| {
+            let start = part * step;
+            let end = if part + 1 == SEARCH_PARTS {
+                u64::MAX
+            } else {
+                start + step - 1
+            };
+            (start, end)
+        })
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, SEARCH_THREADS);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let parts: Vec<io::Result<Vec<(usize, TreeChanges)>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut words = search_buffer(SEARCH_V2_BUFFER);
+                    let mut done = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&range) = ranges.get(index) else {
+                            return Ok(done);
+                        };
+                        done.push((index, search_changed(subvolume, since, range, &mut words)?));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("tree search thread panicked")))
+            })
+            .collect()
+    });
+    let mut found = Vec::new();
+    for part in parts {
+        found.extend(part?);
+    }
+    found.sort_by_key(|(index, _)| *index);
+    let mut changed = TreeChanges::default();
+    for (_, part) in found {
+        changed.inodes.extend(part.inodes);
+        changed.names.extend(part.names);
+    }
+    Ok(changed)
+}
+
+/// How many ranges of inode numbers [`changed_inodes`] searches apart.
+const SEARCH_PARTS: u64 = 8;
+/// The maximum number of threads that [`changed_inodes`] uses.
+const SEARCH_THREADS: usize = 4;
+/// Inode numbers stay below this bound. Above it lie the reserved
+/// objectids of special items, such as orphan items, which the last range
+/// of a search covers.
+const INODE_OBJECTID_BOUND: u64 = 1 << 62;
+
+/// Returns the highest objectid below [`INODE_OBJECTID_BOUND`] of an item
+/// in the tree blocks of `subvolume` written after transaction `since`, or
+/// 0 when there is none, by bisection with searches of one item.
+fn highest_changed_objectid(subvolume: &File, since: u64) -> io::Result<u64> {
+    let mut words = search_buffer(ONE_ITEM_BUFFER);
+    let Some(mut low) = first_changed_objectid(subvolume, since, 0, &mut words)? else {
+        return Ok(0);
+    };
+    // An item has objectid `low`, and none has one from `high` up.
+    let mut high = INODE_OBJECTID_BOUND;
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        match first_changed_objectid(subvolume, since, middle, &mut words)? {
+            Some(found) => low = found,
+            None => high = middle,
+        }
+    }
+    Ok(low)
+}
+
+/// Returns the objectid of the first item at or above objectid `from` and
+/// below [`INODE_OBJECTID_BOUND`] in the tree blocks written after
+/// transaction `since`.
+fn first_changed_objectid(
+    subvolume: &File,
+    since: u64,
+    from: u64,
+    words: &mut SearchBuffer,
+) -> io::Result<Option<u64>> {
+    let mut first = None;
+    let objectids = (from, INODE_OBJECTID_BOUND - 1);
+    let types = (0, u32::MAX);
+    search_items(
+        subvolume,
+        since,
+        objectids,
+        types,
+        Some(1),
+        words,
+        &mut |objectid, _, _, _| {
+            first.get_or_insert(objectid);
+        },
+    )?;
+    Ok(first)
+}
+
+/// A buffer for `BTRFS_IOC_TREE_SEARCH_V2`, in u64 words so that it is
+/// aligned for the header at its start.
+type SearchBuffer = Vec<u64>;
+
+/// Returns a search buffer with room for `results` bytes of results.
+fn search_buffer(results: usize) -> SearchBuffer {
+    vec![0u64; (std::mem::size_of::<SearchArgsV2>() + results).div_ceil(8)]
+}
+
+/// Result bytes of a search for one item: room for the largest item of a
+/// tree with 64 KiB blocks, the largest block size.
+const ONE_ITEM_BUFFER: usize = 64 << 10;
+
+/// Returns what [`changed_inodes`] finds among the items whose objectids
+/// lie in `objectids`, both ends included, searching through `words`.
+fn search_changed(
+    subvolume: &File,
+    since: u64,
+    objectids: (u64, u64),
+    words: &mut SearchBuffer,
+) -> io::Result<TreeChanges> {
+    let mut changed = TreeChanges::default();
+    // The inode item comes before the references of the same inode. Only
+    // the names of changed inodes and of directories are kept, since paths
+    // are built from those alone: the unchanged files that share a block
+    // are most of the names.
+    let mut unneeded_names_of = None;
+    let types = (0, u32::MAX);
+    search_items(
+        subvolume,
+        since,
+        objectids,
+        types,
+        None,
+        words,
+        &mut |objectid, key_type, offset, item| {
+            // struct btrfs_inode_item: generation at 0, transid at 8, nlink at
+            // 40, mode at 52.
+            if key_type == INODE_ITEM_KEY && item.len() >= 56 {
+                let mode = read_u32(item, 52);
+                let is_changed = read_u64(item, 8) > since;
+                if is_changed {
+                    changed.inodes.push(ChangedInode {
+                        ino: objectid,
+                        mode,
+                        nlink: read_u32(item, 40),
+                    });
+                }
+                let is_directory = mode & libc::S_IFMT == libc::S_IFDIR;
+                unneeded_names_of = (!is_changed && !is_directory).then_some(objectid);
+            }
+            if key_type == INODE_REF_KEY && unneeded_names_of != Some(objectid) {
+                push_names(&mut changed.names, objectid, offset, item);
+            }
+        },
+    )?;
+    Ok(changed)
+}
+
+/// Adds the names of inode `ino` in directory `parent` that the inode
+/// reference item `item` contains to `names`. The item packs one or more
+/// `struct btrfs_inode_ref`: index (u64), name length (u16), then the name.
+fn push_names(names: &mut Vec<InodeName>, ino: u64, parent: u64, item: &[u8]) {
+    let mut at = 0;
+    while let Some(header) = item.get(at..at + 10) {
+        let length = u16::from_le_bytes([header[8], header[9]]) as usize;
+        let Some(name) = item.get(at + 10..at + 10 + length) else {
+            break;
+        };
+        names.push(InodeName {
+            ino,
+            parent,
+            name: name.to_vec(),
+        });
+        at += 10 + length;
+    }
+}
+
+/// Returns the name of directory `ino` in its parent directory, from its
+/// inode reference in the tree of the subvolume at `subvolume`, or `None`
+/// when it has none: a directory has at most one name.
+pub fn directory_name(subvolume: &File, ino: u64) -> io::Result<Option<InodeName>> {
+    let mut names = Vec::new();
+    let mut words = search_buffer(DIRECTORY_REF_BUFFER);
+    let types = (INODE_REF_KEY, INODE_REF_KEY);
+    search_items(
+        subvolume,
+        0,
+        (ino, ino),
+        types,
+        Some(1),
+        &mut words,
+        &mut |objectid, _, parent, item| {
+            push_names(&mut names, objectid, parent, item);
+        },
+    )?;
+    Ok(names.into_iter().next())
+}
+
+/// Result bytes of a search for a directory's reference: its header and
+/// one name of at most 255 bytes.
+const DIRECTORY_REF_BUFFER: usize = 1024;
+
+/// A visitor of the items of a tree search, called with each item's
+/// objectid, type, offset and data.
+type VisitItem<'a> = dyn FnMut(u64, u32, u64, &[u8]) + 'a;
+
+/// Calls `visit` with the objectid, type, offset and data of each item
+/// in the tree blocks of `subvolume` written after transaction `since`, in
+/// key order, from key (`first`, `min_type`, 0) to key (`last`, `max_type`,
+/// maximum offset). With `limit`, it stops after that many items. The
+/// results pass through `words`, a search header followed by the result
+/// bytes.
+fn search_items(
+    subvolume: &File,
+    since: u64,
+    (first, last): (u64, u64),
+    (min_type, max_type): (u32, u32),
+    limit: Option<u32>,
+    words: &mut SearchBuffer,
+    visit: &mut VisitItem<'_>,
+) -> io::Result<()> {
     let header = std::mem::size_of::<SearchArgsV2>();
-    // u64 words keep the buffer aligned for the header struct.
-    let mut words = vec![0u64; (header + SEARCH_V2_BUFFER) / 8];
+    let buffer_size = words.len() * 8 - header;
     let mut key = SearchKey {
         // Zero selects the tree of the subvolume that contains the fd.
         tree_id: 0,
-        min_objectid: 0,
-        max_objectid: u64::MAX,
+        min_objectid: first,
+        max_objectid: last,
         min_offset: 0,
         max_offset: u64::MAX,
         min_transid: since.saturating_add(1),
         max_transid: u64::MAX,
-        min_type: 0,
-        max_type: u32::MAX,
+        min_type,
+        max_type,
         nr_items: 0,
         unused: 0,
         unused1: 0,
@@ -364,16 +598,16 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
         unused3: 0,
         unused4: 0,
     };
-    let mut changed = TreeChanges::default();
-    loop {
-        key.nr_items = u32::MAX;
+    let mut remaining = limit.unwrap_or(u32::MAX);
+    while remaining > 0 {
+        key.nr_items = remaining;
         let args = words.as_mut_ptr().cast::<SearchArgsV2>();
         // SAFETY: `words` is at least `header` bytes, 8-aligned, and owned
         // here, so writing one `SearchArgsV2` at its start is sound.
         unsafe {
             args.write(SearchArgsV2 {
                 key: SearchKey { ..key },
-                buf_size: SEARCH_V2_BUFFER as u64,
+                buf_size: buffer_size as u64,
             });
         }
         // SAFETY: `subvolume` is an open fd; `args` points at a search
@@ -384,13 +618,16 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
         if count == 0 {
             break;
         }
-        // SAFETY: `words` contains `header + SEARCH_V2_BUFFER` initialized
-        // bytes, viewed here as bytes.
+        if limit.is_some() {
+            remaining = remaining.saturating_sub(count);
+        }
+        // SAFETY: `words` contains `header + buffer_size` initialized bytes,
+        // viewed here as bytes.
         let bytes =
             unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
         let buffer = &bytes[header..];
         let mut offset = 0usize;
-        let mut last = (0u64, 0u32, 0u64);
+        let mut last_key = (0u64, 0u32, 0u64);
         for _ in 0..count {
             // struct btrfs_ioctl_search_header: transid, objectid, offset,
             // type, len.
@@ -401,50 +638,23 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
             let length = read_u32(item_header, 28) as usize;
             let item = &buffer[offset + 32..offset + 32 + length];
             offset += 32 + length;
-            last = (objectid, key_type, key_offset);
-
-            // struct btrfs_inode_item: generation at 0, transid at 8, nlink
-            // at 40, mode at 52.
-            if key_type == INODE_ITEM_KEY && item.len() >= 56 && read_u64(item, 8) > since {
-                changed.inodes.push(ChangedInode {
-                    ino: objectid,
-                    mode: read_u32(item, 52),
-                    nlink: read_u32(item, 40),
-                });
-            }
-            // The key's offset is the directory, and the item contains one or
-            // more packed `struct btrfs_inode_ref`: index (u64), name
-            // length (u16), then the name.
-            if key_type == INODE_REF_KEY {
-                let mut at = 0;
-                while let Some(header) = item.get(at..at + 10) {
-                    let length = u16::from_le_bytes([header[8], header[9]]) as usize;
-                    let Some(name) = item.get(at + 10..at + 10 + length) else {
-                        break;
-                    };
-                    changed.names.push(InodeName {
-                        ino: objectid,
-                        parent: key_offset,
-                        name: name.to_vec(),
-                    });
-                    at += 10 + length;
-                }
-            }
+            last_key = (objectid, key_type, key_offset);
+            visit(objectid, key_type, key_offset, item);
         }
         // Continue after the last key returned: (objectid, type, offset)
         // ordered as a tuple.
-        let (objectid, key_type, key_offset) = last;
+        let (objectid, key_type, key_offset) = last_key;
         if key_offset < u64::MAX {
             (key.min_objectid, key.min_type, key.min_offset) = (objectid, key_type, key_offset + 1);
         } else if key_type < u32::MAX {
             (key.min_objectid, key.min_type, key.min_offset) = (objectid, key_type + 1, 0);
-        } else if objectid < u64::MAX {
+        } else if objectid < last {
             (key.min_objectid, key.min_type, key.min_offset) = (objectid + 1, 0, 0);
         } else {
             break;
         }
     }
-    Ok(changed)
+    Ok(())
 }
 
 fn read_u64(bytes: &[u8], at: usize) -> u64 {
