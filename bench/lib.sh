@@ -64,7 +64,9 @@ install_missing() {
 # copy keeps their binary out of it. With WORLDS_BENCH_REVISION set, it
 # builds that commit, exported into the store folder, instead of the working
 # tree, so that edits others make to the tree meanwhile stay out of the
-# figures. Call start_store first.
+# figures. Each argument names an example of the worlds crate (in
+# lib/examples) to build as well; its binary is copied into the store
+# folder under its own name. Call start_store first.
 build_world() {
     local source=$repo commit
     if [[ -n ${WORLDS_BENCH_REVISION:-} ]]; then
@@ -86,6 +88,11 @@ build_world() {
     (cd "$source" && cargo build --release --quiet -p world-cli) >&2
     cp "$CARGO_TARGET_DIR/release/world" "$store/world"
     world=$store/world
+    local example
+    for example in "$@"; do
+        (cd "$source" && cargo build --release --quiet -p worlds --example "$example") >&2
+        cp "$CARGO_TARGET_DIR/release/examples/$example" "$store/$example"
+    done
 }
 
 # Prints the cached linux-source .deb files of VERSION, or of every version

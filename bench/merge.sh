@@ -5,7 +5,10 @@
 # changed files into a parent with `cp --reflink=always` and deletes the
 # deleted ones. The overlayfs method applies the same update in an overlay
 # on a snapshot of the parent, then moves the files of the overlay's upper
-# folder into it.
+# folder into it. Two more rows show the kernel's work alone on the files
+# that the child modified (lib/examples/clone_floor.rs). One clones each
+# file into the parent's file in place. The other clones it under a new
+# name and renames that onto the parent's file, as `world merge` does.
 #
 # Usage: sudo bench/merge.sh [--write]
 #
@@ -44,7 +47,7 @@ readonly MIN_CHANGES=1000
 # parent, spread over the list of changes. The first run compares the whole
 # trees.
 readonly SAMPLE_FILES=25
-readonly METHODS=(worlds floor overlay)
+readonly METHODS=(worlds floor overlay inplace renamed)
 
 # The overlayfs merge, as the original system did it: walk the upper folder
 # and rename each entry into the same place in the parent's tree. A
@@ -102,7 +105,7 @@ require_root
 
 install_missing btrfs-progs xz-utils patch jq attr perl
 start_store
-build_world
+build_world clone_floor
 
 prepare_workload
 
@@ -138,6 +141,13 @@ floor_merge() {
     if ((${#deleted[@]} > 0)); then
         (cd "$floor_root" && rm -rf -- "${deleted[@]}")
     fi
+}
+
+# Clones the files that the child modified into the tree at ROOT with
+# lib/examples/clone_floor.rs, in MODE: in-place or rename.
+clone_modified() {
+    local root=$1 mode=$2
+    "$store/clone_floor" "$child_root" "$root" "$mode" <"$store/modified" >/dev/null
 }
 
 overlay_merge() {
@@ -179,6 +189,8 @@ time_method() {
             ;;
         floor) time_ns floor_merge >>"$timings/floor" ;;
         overlay) time_ns overlay_merge >>"$timings/overlay" ;;
+        inplace) time_ns clone_modified "$inplace_root" in-place >>"$timings/inplace" ;;
+        renamed) time_ns clone_modified "$renamed_root" rename >>"$timings/renamed" ;;
     esac
 }
 
@@ -194,6 +206,11 @@ for ((run = 1; run <= runs; run++)); do
     # patched child.
     "$world" --store "$store" --quiet create "floor-$run" linux
     floor_root=$(world_root "floor-$run")
+    # The parents of the two rows of kernel work alone.
+    "$world" --store "$store" --quiet create "inplace-$run" linux
+    inplace_root=$(world_root "inplace-$run")
+    "$world" --store "$store" --quiet create "renamed-$run" linux
+    renamed_root=$(world_root "renamed-$run")
     # The overlayfs method: a writable snapshot of linux as the lower layer,
     # with the upper and work folders beside its tree in the same subvolume,
     # so that moving a file from upper into the tree is a rename.
@@ -220,9 +237,12 @@ for ((run = 1; run <= runs; run++)); do
     # The changes, listed before the timing: what the floor copies and
     # deletes, and the sample that the checks compare.
     "$world" --store "$store" diff -z "child-$run" >"$store/changes"
-    copied=() deleted=() changed=()
+    copied=() deleted=() changed=() modified=()
     while IFS= read -r -d '' letter && IFS= read -r -d '' path; do
         path=${path#/}
+        if [[ $letter == M && -f $child_root/$path && ! -L $child_root/$path ]]; then
+            modified+=("$path")
+        fi
         case $letter in
             D) deleted+=("$path") ;;
             A | M | T)
@@ -231,6 +251,7 @@ for ((run = 1; run <= runs; run++)); do
                 ;;
         esac
     done <"$store/changes"
+    printf '%s\0' "${modified[@]}" >"$store/modified"
     changes=$(tr -cd '\0' <"$store/changes" | wc -c)
     changes=$((changes / 2))
     ((changes >= MIN_CHANGES)) || die "world diff child-$run lists only $changes changes, fewer than $MIN_CHANGES"
@@ -240,7 +261,7 @@ for ((run = 1; run <= runs; run++)); do
         sample+=("${changed[i]}")
     done
 
-    order=("${METHODS[@]:run % 3}" "${METHODS[@]:0:run % 3}")
+    order=("${METHODS[@]:run % ${#METHODS[@]}}" "${METHODS[@]:0:run % ${#METHODS[@]}}")
     for method in "${order[@]}"; do
         time_method "$method"
     done
@@ -259,11 +280,14 @@ for ((run = 1; run <= runs; run++)); do
 
     log "run $run/$runs (${order[*]}), checked after ${SECONDS}s: $changes changes, ${#copied[@]} files copied, ${#deleted[@]} deleted;" \
         "worlds $(tail -n 1 "$timings/worlds") ns, floor $(tail -n 1 "$timings/floor") ns," \
-        "overlay $(tail -n 1 "$timings/overlay") ns"
+        "overlay $(tail -n 1 "$timings/overlay") ns, in place $(tail -n 1 "$timings/inplace") ns," \
+        "renamed $(tail -n 1 "$timings/renamed") ns"
 
     "$world" --store "$store" --quiet delete "child-$run"
     "$world" --store "$store" --quiet delete "parent-$run"
     "$world" --store "$store" --quiet delete "floor-$run"
+    "$world" --store "$store" --quiet delete "inplace-$run"
+    "$world" --store "$store" --quiet delete "renamed-$run"
     btrfs subvolume delete "$overlay_snapshot" >/dev/null
     settle "$pool"
 done
@@ -274,6 +298,7 @@ kinds=$(tr '\0' '\n' <"$store/changes" | awk 'NR % 2' | sort | uniq -c | sort -r
             kind["T"] = "type changed"; kind["m"] = "metadata only" }
     { printf "%s%s %s", (NR > 1 ? ", " : ""), $1, ($2 in kind ? kind[$2] : $2) }')
 copied_count=${#copied[@]}
+modified_count=${#modified[@]}
 deleted_count=${#deleted[@]}
 
 for method in "${METHODS[@]}"; do
@@ -281,11 +306,14 @@ for method in "${METHODS[@]}"; do
 done
 worlds_per_floor=$(median_ratio "$timings/worlds" "$timings/floor")
 worlds_per_overlay=$(median_ratio "$timings/worlds" "$timings/overlay")
+renamed_per_inplace=$(median_ratio "$timings/renamed" "$timings/inplace")
 table=$(
     table_header method
     table_row "\`world merge child\`" "$timings/worlds" "$timings/floor"
     table_row "overlayfs: rename the upper folder's entries into the parent" "$timings/overlay" "$timings/floor"
     table_row "floor: \`cp --reflink=always\` of the changed files" "$timings/floor" "$timings/floor"
+    table_row "kernel work alone: clone each modified file in place" "$timings/inplace" "$timings/floor"
+    table_row "kernel work alone: clone each modified file under a new name, rename it into place" "$timings/renamed" "$timings/floor"
 )
 verdict="within"
 awk -v r="$worlds_per_floor" 'BEGIN { exit !(r > 2) }' && verdict="not within"
@@ -321,7 +349,8 @@ lists $changes changes ($kinds).
 $table
 
 Ratios of the medians: worlds over floor **$worlds_per_floor** ($verdict the
-target of 2), worlds over overlayfs **$worlds_per_overlay**.
+target of 2), worlds over overlayfs **$worlds_per_overlay**, and for the
+kernel's work alone, renamed over in place **$renamed_per_inplace**.
 
 - **worlds**: the whole \`world merge child\` command, from its start to its
   exit, with its output sent to /dev/null.
@@ -345,10 +374,20 @@ target of 2), worlds over overlayfs **$worlds_per_overlay**.
   that both have. Each whiteout (a character device 0/0) becomes a deletion
   in the parent. It makes no snapshot, writes no journal and does not sync, and an
   interruption leaves the parent half merged.
+- **kernel work alone**: one process of \`lib/examples/clone_floor.rs\` on
+  the $modified_count regular files that the child modified, each into a
+  fresh \`world create\` of \`linux\`. Per file it opens the source, makes
+  the target, clones the data with FICLONE and sets the mode and times,
+  with nothing else. **In place** truncates the parent's file and clones
+  into it, as \`cp\` does. **Renamed** clones into a new file beside it and
+  renames that onto the parent's file, which is how \`world merge\` makes
+  each file switch at once: btrfs then creates an inode per file and frees
+  the old one inside rename(2). These rows do not add or delete files and
+  are not checked.
 
-In each of the $runs runs the script made the three parents and applied the
+In each of the $runs runs the script made the five parents and applied the
 patch twice, in the child and in the overlay. It wrote everything out with
-\`btrfs filesystem sync\`, then timed the three methods once each, in an
+\`btrfs filesystem sync\`, then timed the five methods once each, in an
 order that rotates from run to run. Before each timed command it waits
 until btrfs has committed its transaction and cleaned up deleted
 subvolumes. After the timing it checks that \`world diff child\` is empty
