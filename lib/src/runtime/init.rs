@@ -31,6 +31,9 @@ use crate::track::tracer::{Tracer, TrackFds};
 
 /// How often init checks, while stopping, whether processes are left.
 const STOP_POLL_MS: u16 = 20;
+/// The nice value of init: the lowest, so that the world's work and the
+/// kernel's come first.
+const INIT_NICE: i32 = 19;
 
 /// The signal that makes init send every access it has read at once
 /// ([`crate::track`]).
@@ -71,6 +74,13 @@ pub fn run(tracking: Option<&TrackFds>) -> ! {
         .map(|fds| vec![fds.group.as_raw_fd(), fds.pipe.as_raw_fd()])
         .unwrap_or_default();
     close_inherited_fds(&keep);
+    // Init only reaps and reads the access events; the world's processes
+    // come from `world exec`, not from init, so they keep their own
+    // priority. Events wait in the kernel's queue while init waits for a
+    // CPU, and an overflow is recorded, never lost silently.
+    if let Err(error) = crate::sys::process::lower_priority(INIT_NICE) {
+        tracing::debug!(error = %error, "lower the priority of init");
+    }
     let mut tracer = tracking.map(Tracer::new);
 
     let mut signals = SigSet::empty();

@@ -122,7 +122,7 @@ pub fn run(store_dir: &Path, name: &WorldName) -> Result<()> {
     }
     // The monitor only reaps init and writes access batches, which may
     // wait, so it yields the CPU to the world's work and the kernel's.
-    // Init, forked before, keeps its priority.
+    // Init lowers its own.
     if let Err(error) = crate::sys::process::lower_priority(MONITOR_NICE) {
         tracing::debug!(error = %error, "lower the monitor's priority");
     }
