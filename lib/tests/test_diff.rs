@@ -209,6 +209,19 @@ fn extra_cases() -> Vec<Case> {
             &["A /directory/other", "D /other"],
         ),
         case("root mode", "chmod 0700 .", &["m /"]),
+        // A directory's size is the length of its names, so these leave it
+        // as it was: only the new names tell the fast path about the lost
+        // ones.
+        case(
+            "file deleted, another of equal name length added",
+            "rm other && printf y > extra",
+            &["A /extra", "D /other"],
+        ),
+        case(
+            "file renamed to a name of equal length",
+            "mv other rehto",
+            &["A /rehto", "D /other"],
+        ),
     ]
 }
 
