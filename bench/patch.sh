@@ -24,6 +24,8 @@
 #
 # Environment:
 #   WORLDS_BENCH_RUNS      timed runs of each setup (default 5)
+#   WORLDS_BENCH_SETUPS    the setups to time, such as "world-off world-on"
+#                          (default: all, "bare" always runs)
 #   WORLDS_BENCH_VERSIONS  the two package versions, older first, such as
 #                          "6.1.176-1 6.1.192-3" (default: those of the
 #                          newest patch in the cache, else two that
@@ -231,6 +233,12 @@ time_setup() {
                 time_ns "$world" --store "$store" set --json "$child" >>"$timings/set-json"
             fi
             "$world" --store "$store" --quiet stop "$child" --time 2
+            if [[ $setup == world-on ]]; then
+                # The CPU time of the monitor and of init, which it logs
+                # when init exits.
+                sed -n 's/.*monitor_cpu_ms=\([0-9]*\).*init_cpu_ms=\([0-9]*\).*/\1 \2/p' \
+                    "$store/logs/$child.log" | tail -n 1 >>"$timings/tracking-cpu"
+            fi
             if [[ $setup == world-off ]]; then
                 settle "$pool"
                 time_ns "$world" --store "$store" --quiet delete "$child" >>"$timings/delete-world"
@@ -275,8 +283,10 @@ if "$world" set --help >/dev/null 2>&1; then
 fi
 log "access tracking in this build: $has_tracking; world set: $has_set"
 setups=()
+wanted=" bare ${WORLDS_BENCH_SETUPS:-${SETUPS[*]}} "
 for setup in "${SETUPS[@]}"; do
     [[ $setup == world-on ]] && ! $has_tracking && continue
+    [[ $wanted == *" $setup "* ]] || continue
     setups+=("$setup")
 done
 
@@ -330,6 +340,7 @@ done
 table=$(
     table_header setup "original system (2015)"
     for setup in "${SETUPS[@]}"; do
+        [[ $wanted == *" $setup "* ]] || continue
         if [[ -f $timings/$setup ]]; then
             table_row "${LABELS[$setup]}" "$timings/$setup" "$timings/bare" "${PAPER[$setup]}"
         else
@@ -377,7 +388,17 @@ if [[ -f $timings/world-off ]]; then
 medians ($verdict the target of 1.05). Taken run by run, the tracked run
 over the untracked one of the same run has a median of **$paired_median**,
 from $paired_min to $paired_max.
-
+"
+    if [[ -s $timings/tracking-cpu ]]; then
+        middle_of() { sort -n | awk '{ value[NR] = $1 } END { print value[int((NR + 1) / 2)] }'; }
+        monitor_cpu=$(cut -d ' ' -f 1 "$timings/tracking-cpu" | middle_of)
+        init_cpu=$(cut -d ' ' -f 2 "$timings/tracking-cpu" | middle_of)
+        tracking_note+="In a tracked run, the world's monitor used a median of $monitor_cpu ms of CPU
+time and its init, which reads the events, $init_cpu ms, counted from the
+world's start to its stop.
+"
+    fi
+    tracking_note+="
 "
 fi
 

@@ -133,7 +133,14 @@ pub fn run(store_dir: &Path, name: &WorldName) -> Result<()> {
 
     let tracked = recorder.is_some();
     let end = wait_for_init(init_pid, recorder.as_mut(), store.db_mut());
-    tracing::info!(world = %name, status = %end.status, "init exited");
+    let cpu = cpu_times_ms();
+    tracing::info!(
+        world = %name,
+        status = %end.status,
+        monitor_cpu_ms = cpu.map(|(own, _)| own),
+        init_cpu_ms = cpu.map(|(_, children)| children),
+        "init exited"
+    );
     if tracked && !end.sent_last_batch {
         if let Err(error) = store.add_access_gap(world.id, GapReason::InitLost) {
             tracing::warn!(world = %name, error = %error, "record that init ended before it sent its last batch");
@@ -150,6 +157,32 @@ pub fn run(store_dir: &Path, name: &WorldName) -> Result<()> {
     }
     tracing::info!(world = %name, "world stopped");
     Ok(())
+}
+
+/// Returns the CPU time, user and system, that the calling process used and
+/// that its waited-for children used, in milliseconds, from
+/// `/proc/self/stat`. For a monitor, the children are init.
+fn cpu_times_ms() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name in parentheses may contain spaces, so the fields
+    // are counted after its closing parenthesis: utime, stime, cutime and
+    // cstime are fields 14 to 17 of proc_pid_stat(5).
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let [utime, stime, cutime, cstime] = fields[..] else {
+        return None;
+    };
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&ticks| ticks > 0)? as u64;
+    Some(((utime + stime) * 1000 / ticks, (cutime + cstime) * 1000 / ticks))
 }
 
 /// Opens what access tracking needs: the fanotify group on the pool, the
