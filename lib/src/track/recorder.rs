@@ -19,6 +19,9 @@ use crate::sys::btrfs;
 const SUBVOLUME_ROOT_INO: u64 = 256;
 /// How many directory paths the monitor keeps, which bounds its memory.
 const MAX_CACHED_DIRS: usize = 65_536;
+/// The maximum number of directory levels a path is built from, which also ends a loop
+/// of references in a damaged tree.
+const MAX_DEPTH: usize = 4096;
 /// How long received accesses wait before they are written. Each commit
 /// rewrites the index pages it touches, so fewer commits write less: with a
 /// commit per batch of init, the writes cost a patch run about 5 %.
@@ -217,22 +220,41 @@ impl Recorder {
     }
 
     /// Returns the world-relative path of directory inode `dir`.
+    ///
+    /// A directory's path is built from its name and the path of its
+    /// parent, read from the tree one level at a time until a directory
+    /// whose path is known, which is usually the first parent. Each read
+    /// is a one-item tree search that holds the tree's locks only briefly,
+    /// while the world's processes may be writing to the same tree.
     fn resolve(&mut self, dir: u64) -> Option<WorldPath> {
-        if dir == SUBVOLUME_ROOT_INO {
-            return Some(WorldPath::root());
-        }
-        if let Some(path) = self.dirs.get(&dir) {
-            return path.clone();
-        }
-        if self.dirs.len() >= MAX_CACHED_DIRS {
+        let mut chain: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut current = dir;
+        let mut path = loop {
+            if current == SUBVOLUME_ROOT_INO {
+                break Some(WorldPath::root());
+            }
+            if let Some(path) = self.dirs.get(&current) {
+                break path.clone();
+            }
+            if chain.len() >= MAX_DEPTH {
+                break None;
+            }
+            match btrfs::directory_name(&self.world, current) {
+                Ok(Some(name)) => {
+                    chain.push((current, name.name));
+                    current = name.parent;
+                }
+                // The directory was removed already, or its name is unreadable.
+                _ => break None,
+            }
+        };
+        if self.dirs.len() + chain.len() >= MAX_CACHED_DIRS {
             self.dirs.clear();
         }
-        // A directory has one name, so the first path is the only one.
-        let path = btrfs::inode_paths(&self.world, dir)
-            .ok()
-            .and_then(|paths| paths.into_iter().next())
-            .map(|path| WorldPath::from_bytes(&path));
-        self.dirs.insert(dir, path.clone());
+        for (ino, name) in chain.into_iter().rev() {
+            path = path.map(|parent| parent.join(&name));
+            self.dirs.insert(ino, path.clone());
+        }
         path
     }
 }
