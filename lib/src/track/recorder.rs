@@ -19,8 +19,8 @@ use crate::sys::btrfs;
 const SUBVOLUME_ROOT_INO: u64 = 256;
 /// How many directory paths the monitor keeps, which bounds its memory.
 const MAX_CACHED_DIRS: usize = 65_536;
-/// The maximum number of directory levels a path is built from, which also ends a loop
-/// of references in a damaged tree.
+/// The maximum number of directory levels a path is built from, which also
+/// ends a loop of references in a damaged tree.
 const MAX_DEPTH: usize = 4096;
 /// How long received accesses wait before they are written. Each commit
 /// rewrites the index pages it touches, so fewer commits write less: with a
