@@ -182,7 +182,10 @@ fn cpu_times_ms() -> Option<(u64, u64)> {
         .ok()
         .flatten()
         .filter(|&ticks| ticks > 0)? as u64;
-    Some(((utime + stime) * 1000 / ticks, (cutime + cstime) * 1000 / ticks))
+    Some((
+        (utime + stime) * 1000 / ticks,
+        (cutime + cstime) * 1000 / ticks,
+    ))
 }
 
 /// Opens what access tracking needs: the fanotify group on the pool, the
