@@ -181,11 +181,17 @@ time_method() {
     settle "$pool"
     case $method in
         worlds)
-            if ! time_ns "$world" --store "$store" --quiet merge "child-$run" >>"$timings/worlds"; then
+            # With debug logs, the merge logs the time of its phases, which
+            # time_ns leaves in $store/errors.
+            if ! (export WORLDS_LOG=worlds=debug && time_ns "$world" --store "$store" --quiet merge "child-$run" >>"$timings/worlds"); then
                 die "world --store $store merge child-$run failed; to reproduce: make a root world from $old_tree," \
                     "create parent from it and child from parent, apply $patch_file with patch -p2 inside" \
                     "the child's $SOURCE_PACKAGE folder and merge child"
             fi
+            sed 's/\x1b\[[0-9;]*m//g' "$store/errors" | awk '
+                { for (i = 1; i <= NF; i++) if (split($i, pair, "=") == 2 && pair[1] ~ /_ms$/) ms[pair[1]] = pair[2] }
+                END { print ms["plan_ms"] + 0, ms["prepare_ms"] + 0, ms["apply_ms"] + 0, ms["sync_ms"] + 0, ms["publish_ms"] + 0 }
+            ' >>"$timings/phases"
             ;;
         floor) time_ns floor_merge >>"$timings/floor" ;;
         overlay) time_ns overlay_merge >>"$timings/overlay" ;;
@@ -307,6 +313,13 @@ done
 worlds_per_floor=$(median_ratio "$timings/worlds" "$timings/floor")
 worlds_per_overlay=$(median_ratio "$timings/worlds" "$timings/overlay")
 renamed_per_inplace=$(median_ratio "$timings/renamed" "$timings/inplace")
+# The median of each phase of `world merge`, in the order the merge logs
+# them: planning, pre-merge snapshot and journal, applying, syncfs and
+# publishing.
+phase_median() {
+    cut -d ' ' -f "$1" "$timings/phases" | sort -n | awk '{ value[NR] = $1 } END { print value[int((NR + 1) / 2)] }'
+}
+read -r plan_ms prepare_ms apply_ms sync_ms publish_ms <<<"$(phase_median 1) $(phase_median 2) $(phase_median 3) $(phase_median 4) $(phase_median 5)"
 table=$(
     table_header method
     table_row "\`world merge child\`" "$timings/worlds" "$timings/floor"
@@ -351,6 +364,13 @@ $table
 Ratios of the medians: worlds over floor **$worlds_per_floor** ($verdict the
 target of 2), worlds over overlayfs **$worlds_per_overlay**, and for the
 kernel's work alone, renamed over in place **$renamed_per_inplace**.
+
+Where the time of \`world merge\` goes, as the medians of the phases that it
+logs with \`WORLDS_LOG=worlds=debug\`: planning $plan_ms ms (the diffs of the
+child and of the parent since the base, and the plan), the pre-merge
+snapshot and the journal $prepare_ms ms, applying $apply_ms ms, syncfs
+$sync_ms ms and publishing the child's new base $publish_ms ms. The rest
+is the start of the process and the store's database.
 
 - **worlds**: the whole \`world merge child\` command, from its start to its
   exit, with its output sent to /dev/null.
