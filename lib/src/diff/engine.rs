@@ -11,7 +11,6 @@
 //! and compares only those paths and the entries of changed directories
 //! with the base. Deletions and renames show up as changed directories.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, Metadata};
 use std::io;
@@ -23,12 +22,6 @@ use super::model::{classify, Change, ChangeKind, Entry, FileType};
 use crate::path::WorldPath;
 use crate::sys::{btrfs, fs as sysfs};
 
-/// Inode number of a subvolume's root directory.
-const ROOT_INO: u64 = 256;
-/// The maximum number of directory levels that a path is built up from
-/// inode references before the rest is looked up with
-/// `BTRFS_IOC_INO_PATHS`. The limit also ends a loop of references.
-const MAX_DEPTH: usize = 4096;
 /// Files up to this size whose extents differ are compared byte by byte, so
 /// that a rewrite with the same bytes is no change. Larger ones count as
 /// modified without reading them.
@@ -216,11 +209,10 @@ fn resolve_paths(world: &File, changed: &btrfs::TreeChanges) -> io::Result<BTree
         _ => None,
     };
     let mut directories: HashMap<u64, Option<Vec<u8>>> = HashMap::new();
-    directories.insert(ROOT_INO, Some(Vec::new()));
 
     let mut paths = BTreeSet::new();
     for inode in &changed.inodes {
-        if inode.ino == ROOT_INO {
+        if inode.ino == btrfs::ROOT_DIR_INO {
             paths.insert(WorldPath::root());
             continue;
         }
@@ -231,60 +223,13 @@ fn resolve_paths(world: &File, changed: &btrfs::TreeChanges) -> io::Result<BTree
             }
             continue;
         };
-        if let Some(parent) = directory_path(world, name.parent, &only_name, &mut directories)? {
+        if let Some(parent) =
+            btrfs::directory_path(world, name.parent, &only_name, &mut directories)?
+        {
             paths.insert(WorldPath::from_bytes(&parent).join(&name.name));
         }
     }
     Ok(paths)
-}
-
-/// Returns the path of directory `ino`, or `None` when it has none (an
-/// unlinked directory), and remembers it in `known`.
-fn directory_path<'a>(
-    world: &File,
-    ino: u64,
-    only_name: &dyn Fn(u64) -> Option<&'a btrfs::InodeName>,
-    known: &mut HashMap<u64, Option<Vec<u8>>>,
-) -> io::Result<Option<Vec<u8>>> {
-    // Climb through the names until a directory whose path is known. A
-    // name that the search did not return is read from the tree.
-    let mut chain: Vec<(u64, Cow<'a, [u8]>)> = Vec::new();
-    let mut current = ino;
-    let mut path = loop {
-        if let Some(path) = known.get(&current) {
-            break path.clone();
-        }
-        if chain.len() >= MAX_DEPTH {
-            let found = btrfs::inode_paths(world, current)?.into_iter().next();
-            known.insert(current, found.clone());
-            break found;
-        }
-        let (name, parent) = match only_name(current) {
-            Some(name) => (Cow::Borrowed(name.name.as_slice()), name.parent),
-            None => match btrfs::directory_name(world, current)? {
-                Some(name) => (Cow::Owned(name.name), name.parent),
-                None => {
-                    known.insert(current, None);
-                    break None;
-                }
-            },
-        };
-        chain.push((current, name));
-        current = parent;
-    };
-
-    // Walk back down, remembering each directory on the way.
-    for (ino, name) in chain.iter().rev() {
-        path = path.map(|mut parent| {
-            if !parent.is_empty() {
-                parent.push(b'/');
-            }
-            parent.extend_from_slice(name);
-            parent
-        });
-        known.insert(*ino, path.clone());
-    }
-    Ok(path)
 }
 
 /// Compares the entries of directory `dir` on both sides by name and inode

@@ -4,11 +4,14 @@
 //! a name for create, snapshot and delete, or the subvolume's own root
 //! directory for flags and ids.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::copy_name;
 
@@ -348,6 +351,7 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
     // copying out the items of the rewritten blocks is most of its cost.
     let top = highest_changed_objectid(subvolume, since)?;
     let step = (top / SEARCH_PARTS).max(1);
+
     let ranges: Vec<(u64, u64)> = (0..SEARCH_PARTS)
         .map(|part| {
             let start = part * step;
@@ -359,10 +363,12 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
             (start, end)
         })
         .collect();
+
+    // Each thread takes the next range until none is left.
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, SEARCH_THREADS);
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    let next = AtomicUsize::new(0);
     let parts: Vec<io::Result<Vec<(usize, TreeChanges)>>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -370,7 +376,7 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
                     let mut words = search_buffer(SEARCH_V2_BUFFER);
                     let mut done = Vec::new();
                     loop {
-                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&range) = ranges.get(index) else {
                             return Ok(done);
                         };
@@ -388,6 +394,8 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
             })
             .collect()
     });
+
+    // The ranges are put back in order of inode number.
     let mut found = Vec::new();
     for part in parts {
         found.extend(part?);
@@ -401,7 +409,8 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
     Ok(changed)
 }
 
-/// How many ranges of inode numbers [`changed_inodes`] searches apart.
+/// The number of ranges of inode numbers that [`changed_inodes`] searches
+/// apart.
 const SEARCH_PARTS: u64 = 8;
 /// The maximum number of threads that [`changed_inodes`] uses.
 const SEARCH_THREADS: usize = 4;
@@ -553,6 +562,71 @@ pub fn directory_name(subvolume: &File, ino: u64) -> io::Result<Option<InodeName
         },
     )?;
     Ok(names.into_iter().next())
+}
+
+/// Inode number of a subvolume's root directory.
+pub const ROOT_DIR_INO: u64 = 256;
+
+/// The maximum number of directory levels that [`directory_path`] builds a
+/// path from, one name at a time, before it looks the rest up with
+/// `BTRFS_IOC_INO_PATHS`. The limit also ends a loop of references in a
+/// damaged tree.
+const MAX_DIRECTORY_DEPTH: usize = 4096;
+
+/// Returns the path of directory `ino` relative to the root of the
+/// subvolume at `subvolume`, or `None` when it has none (an unlinked
+/// directory), and remembers it and the directories above it in `known`.
+///
+/// The path is built from the directory's name and its parent's path, one
+/// level at a time, until a directory whose path `known` contains. Each
+/// name comes from `names` where that returns one, else from a one-item
+/// search of the tree ([`directory_name`]).
+pub fn directory_path<'a>(
+    subvolume: &File,
+    ino: u64,
+    names: &dyn Fn(u64) -> Option<&'a InodeName>,
+    known: &mut HashMap<u64, Option<Vec<u8>>>,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut chain: Vec<(u64, Cow<'a, [u8]>)> = Vec::new();
+    let mut current = ino;
+    let mut path = loop {
+        if current == ROOT_DIR_INO {
+            break Some(Vec::new());
+        }
+        if let Some(path) = known.get(&current) {
+            break path.clone();
+        }
+        if chain.len() >= MAX_DIRECTORY_DEPTH {
+            let found = inode_paths(subvolume, current)?.into_iter().next();
+            known.insert(current, found.clone());
+            break found;
+        }
+        let (name, parent) = match names(current) {
+            Some(name) => (Cow::Borrowed(name.name.as_slice()), name.parent),
+            None => match directory_name(subvolume, current)? {
+                Some(name) => (Cow::Owned(name.name), name.parent),
+                None => {
+                    known.insert(current, None);
+                    break None;
+                }
+            },
+        };
+        chain.push((current, name));
+        current = parent;
+    };
+
+    // Walk back down, remembering each directory on the way.
+    for (ino, name) in chain.iter().rev() {
+        path = path.map(|mut parent| {
+            if !parent.is_empty() {
+                parent.push(b'/');
+            }
+            parent.extend_from_slice(name);
+            parent
+        });
+        known.insert(*ino, path.clone());
+    }
+    Ok(path)
 }
 
 /// Result bytes of a search for a directory's reference: its header and

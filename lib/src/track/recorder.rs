@@ -1,7 +1,8 @@
-//! The writing end of access tracking, run by a world's monitor: it reads
-//! init's batches from the pipe, names each directory inode with a btrfs
-//! lookup when a batch arrives, and writes what arrived to the database in
-//! one transaction a second, or at once when a command waits for it.
+//! The writing end of access tracking, run by a world's monitor. It reads
+//! init's batches from the pipe and names each directory inode from the
+//! world's btrfs tree when a batch arrives. It writes what arrived to the
+//! database in one transaction a second, or at once when a command waits
+//! for it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,13 +16,8 @@ use crate::db::{AccessRow, Db, DbError};
 use crate::path::WorldPath;
 use crate::sys::btrfs;
 
-/// The inode number of a btrfs subvolume's root directory.
-const SUBVOLUME_ROOT_INO: u64 = 256;
 /// How many directory paths the monitor keeps, which bounds its memory.
 const MAX_CACHED_DIRS: usize = 65_536;
-/// The maximum number of directory levels a path is built from, which also
-/// ends a loop of references in a damaged tree.
-const MAX_DEPTH: usize = 4096;
 /// How long received accesses wait before they are written. Each commit
 /// rewrites the index pages it touches, so fewer commits write less: with a
 /// commit per batch of init, the writes cost a patch run about 5 %.
@@ -48,7 +44,7 @@ pub(crate) struct Recorder {
     pipe: File,
     decoder: Decoder,
     /// Paths of directory inodes; `None` for one that could not be named.
-    dirs: HashMap<u64, Option<WorldPath>>,
+    dirs: HashMap<u64, Option<Vec<u8>>>,
     buffer: Vec<u8>,
     pending: Vec<Pending>,
     /// When the oldest pending record arrived.
@@ -219,42 +215,17 @@ impl Recorder {
         Ok(())
     }
 
-    /// Returns the world-relative path of directory inode `dir`.
+    /// Returns the world-relative path of directory inode `dir`, or `None`
+    /// when it has none, such as after its removal.
     ///
-    /// A directory's path is built from its name and the path of its
-    /// parent, read from the tree one level at a time until a directory
-    /// whose path is known, which is usually the first parent. Each read
-    /// is a one-item tree search that holds the tree's locks only briefly,
-    /// while the world's processes may be writing to the same tree.
+    /// Each new directory costs a one-item search of the world's tree for
+    /// its name, which holds the tree's locks only briefly while the world's
+    /// processes may be writing to the same tree ([`btrfs::directory_path`]).
     fn resolve(&mut self, dir: u64) -> Option<WorldPath> {
-        let mut chain: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut current = dir;
-        let mut path = loop {
-            if current == SUBVOLUME_ROOT_INO {
-                break Some(WorldPath::root());
-            }
-            if let Some(path) = self.dirs.get(&current) {
-                break path.clone();
-            }
-            if chain.len() >= MAX_DEPTH {
-                break None;
-            }
-            match btrfs::directory_name(&self.world, current) {
-                Ok(Some(name)) => {
-                    chain.push((current, name.name));
-                    current = name.parent;
-                }
-                // The directory was removed already, or its name is unreadable.
-                _ => break None,
-            }
-        };
-        if self.dirs.len() + chain.len() >= MAX_CACHED_DIRS {
+        if self.dirs.len() >= MAX_CACHED_DIRS {
             self.dirs.clear();
         }
-        for (ino, name) in chain.into_iter().rev() {
-            path = path.map(|parent| parent.join(&name));
-            self.dirs.insert(ino, path.clone());
-        }
-        path
+        let path = btrfs::directory_path(&self.world, dir, &|_| None, &mut self.dirs);
+        path.ok().flatten().map(|path| WorldPath::from_bytes(&path))
     }
 }
