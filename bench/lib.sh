@@ -64,8 +64,8 @@ install_missing() {
 # copy keeps their binary out of it. With WORLDS_BENCH_REVISION set, it
 # builds that commit, exported into the store folder, instead of the working
 # tree, so that edits others make to the tree meanwhile stay out of the
-# figures. Each argument names an example of the worlds crate (in
-# lib/examples) to build as well; its binary is copied into the store
+# figures. Each argument names an example of the worlds crate, in
+# lib/examples, to build as well. Its binary is copied into the store
 # folder under its own name. Call start_store first.
 build_world() {
     local source=$repo commit

@@ -365,12 +365,12 @@ Ratios of the medians: worlds over floor **$worlds_per_floor** ($verdict the
 target of 2), worlds over overlayfs **$worlds_per_overlay**, and for the
 kernel's work alone, renamed over in place **$renamed_per_inplace**.
 
-Where the time of \`world merge\` goes, as the medians of the phases that it
-logs with \`WORLDS_LOG=worlds=debug\`: planning $plan_ms ms (the diffs of the
-child and of the parent since the base, and the plan), the pre-merge
-snapshot and the journal $prepare_ms ms, applying $apply_ms ms, syncfs
-$sync_ms ms and publishing the child's new base $publish_ms ms. The rest
-is the start of the process and the store's database.
+\`world merge\` logs the time of its phases with
+\`WORLDS_LOG=worlds=debug\`. Their medians: planning $plan_ms ms (the diffs
+of the child and of the parent since the base, and the plan), the
+pre-merge snapshot and the journal $prepare_ms ms, applying $apply_ms ms,
+syncfs $sync_ms ms, and publishing the child's new base $publish_ms ms.
+The rest is the start of the process and the store's database.
 
 - **worlds**: the whole \`world merge child\` command, from its start to its
   exit, with its output sent to /dev/null.

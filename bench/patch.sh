@@ -14,8 +14,9 @@
 #   auditd             patch on a snapshot watched by an auditd rule,
 #                      `auditctl -w DIR -p rwxa`, the original's tracking
 #   overlay + auditd   patch inside the overlay, watched by that rule
-# The rows of tracking and `world set` are skipped, with the reason, when
-# the build has no `--no-track` in `world start --help` or no `world set`.
+# A build without `--no-track` in `world start --help`, or without
+# `world set`, gets the rows of tracking and `world set` marked as skipped,
+# with the reason.
 #
 # Usage: sudo bench/patch.sh [--write]
 #
@@ -465,7 +466,7 @@ noise):
   to about 6 % to 8 % over the untracked one.
 - Reporting writes at close (\`FAN_CLOSE_WRITE\`, one event a file)
   instead of at each write (\`FAN_MODIFY\`) made no difference that these
-  runs could tell, and would count files opened for writing but left
+  runs could tell. It would also count files opened for writing but left
   unchanged, so writes are reported at each write.
 - With the monitor's database writes left out, the same runs took about
   2 % longer with tracking than without, so most of the rest was the

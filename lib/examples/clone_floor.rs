@@ -79,7 +79,7 @@ fn clone_one(from: &Path, to: &Path, mode: Mode, index: usize) -> io::Result<()>
     let status = source.metadata()?;
     let temporary = to.with_file_name(format!(".clone-floor.{index}"));
 
-    let made = match mode {
+    let created = match mode {
         Mode::InPlace => to,
         Mode::Rename => &temporary,
     };
@@ -92,7 +92,7 @@ fn clone_one(from: &Path, to: &Path, mode: Mode, index: usize) -> io::Result<()>
         Mode::InPlace => options.create(true).truncate(true),
         Mode::Rename => options.create_new(true),
     };
-    let file = options.open(made)?;
+    let file = options.open(created)?;
 
     // SAFETY: both fds are open for the call, and FICLONE takes the source
     // fd as its argument.
@@ -109,7 +109,7 @@ fn clone_one(from: &Path, to: &Path, mode: Mode, index: usize) -> io::Result<()>
     drop(file);
 
     if mode == Mode::Rename {
-        std::fs::rename(made, to)?;
+        std::fs::rename(created, to)?;
     }
     Ok(())
 }

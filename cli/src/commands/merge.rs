@@ -22,7 +22,7 @@ use crate::ui;
 /// changes (file data cloned with reflinks, each file renamed into place),
 /// and moves the child's base to the merged state. The next command rolls
 /// an interrupted merge back, or completes it if every change had reached
-/// the parent, and says which; `world undo PARENT` takes a merge back.
+/// the parent, and reports which. `world undo PARENT` takes a merge back.
 ///
 /// Alias: `wmerge CHILD PARENT`.
 #[derive(Debug, clap::Args)]

@@ -21,10 +21,10 @@ use crate::ui;
 /// world runs, unless it was started with `--no-track`; paths are the names
 /// used at the time. A merge that moves the base starts the set afresh.
 ///
-/// When the set may lack accesses (the kernel dropped events, a run was not
-/// tracked, a monitor or init ended early, a frozen world could not send its latest
-/// accesses), a warning on stderr names the cause and `--json` has
-/// `"complete": false`.
+/// The set may lack accesses: the kernel dropped events, a run was not
+/// tracked, a monitor or init ended early, or a frozen world could not send
+/// its latest accesses. Then a warning on stderr names the cause, and
+/// `--json` has `"complete": false`.
 ///
 /// Alias: `wset NAME`.
 #[derive(Debug, clap::Args)]

@@ -227,7 +227,7 @@ pub enum StepError {
 /// Runs of puts and metadata steps shorter than this stay on one thread,
 /// because starting threads would cost more than they save.
 const PARALLEL_MIN_STEPS: usize = 256;
-/// The most threads that one apply uses.
+/// The maximum number of threads that one apply uses.
 const MAX_THREADS: usize = 4;
 
 /// Applies `steps` in order to the tree at `target`, taking entries from
@@ -622,7 +622,8 @@ type OpenParent = RefCell<Option<(Vec<u8>, Rc<Dir>)>>;
 /// links of one inode never become two files.
 type Linked = Mutex<HashMap<(u64, u64), PutFile>>;
 
-/// What one thread of an apply uses to carry out its steps.
+/// The state of one thread of an apply: its descriptors of both roots and
+/// the parent directories it keeps open.
 struct Applier<'a> {
     target: Dir,
     source: Dir,

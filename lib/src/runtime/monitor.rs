@@ -271,7 +271,8 @@ fn create_and_start(
     Ok(pid)
 }
 
-/// How the world's init ended.
+/// The end of the world's init: its status and whether it sent its last
+/// batch.
 struct InitEnd {
     /// `exit N`, `signal NAME` or `gone`, for the log.
     status: String,

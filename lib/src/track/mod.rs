@@ -10,17 +10,18 @@
 //!   goes on the pool's top-level subvolume: btrfs refuses a mark with file
 //!   handles placed through any other subvolume.
 //! - Such a mark reports every access to the pool, from any world and from the
-//!   host. The world's init reads the group ([`tracer`]): the kernel gives
+//!   host. The world's init reads the group ([`tracer`]). The kernel gives
 //!   each event's pid as the reader's pid namespace numbers it, and 0 for a
-//!   process outside it, so an event with pid 0 comes from the host or
-//!   another world and is dropped. The btrfs handle names the subvolume, so
+//!   process outside that namespace. So an event with pid 0 comes from the
+//!   host or another world, and init drops it. The btrfs handle names the subvolume, so
 //!   accesses to other subvolumes (a sibling, a snapshot) are dropped too.
 //! - Init groups what it reads by directory inode, entry name and operation
 //!   and sends the groups to the monitor over a pipe every
-//!   [`tracer::BATCH_INTERVAL`] ([`wire`]). The monitor turns each
-//!   directory inode into a path with one btrfs lookup, cached, as a batch
-//!   arrives, and writes what arrived to the database in one transaction a
-//!   second ([`recorder`]). A monitor that crashes loses at most that
+//!   [`tracer::BATCH_INTERVAL`] ([`wire`]). As a batch arrives, the monitor
+//!   turns each directory inode into a path: it reads the directory's name
+//!   from the btrfs tree and joins it to its parent's cached path. It
+//!   writes what arrived to the database in one transaction a second
+//!   ([`recorder`]). A monitor that crashes loses at most that
 //!   second, which the next command records as a gap.
 //! - Renames are recorded too: a write moves with the file it wrote, and a
 //!   directory rename makes the monitor look directory paths up again.
