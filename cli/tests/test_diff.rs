@@ -170,3 +170,31 @@ fn wdiff_checks_parent() {
         root.stderr
     );
 }
+
+#[test]
+fn patch_ignores_base_symlink_escape() {
+    let env = TestEnv::new();
+    // The base reaches a host folder through `leak`; the child replaces the
+    // symlink with a folder holding the same names.
+    let outside = env.folder().join("outside");
+    fs::create_dir_all(outside.join("etc")).unwrap();
+    fs::write(outside.join("etc/hostname"), "host secret\n").unwrap();
+    env.init_busybox("base");
+    std::os::unix::fs::symlink(&outside, env.store.join("pool/worlds/base/leak")).unwrap();
+    env.world_ok(&["create", "child", "base"]);
+    let root = env.store.join("pool/worlds/child");
+    fs::remove_file(root.join("leak")).unwrap();
+    fs::create_dir_all(root.join("leak/etc")).unwrap();
+    fs::write(root.join("leak/etc/hostname"), "world\n").unwrap();
+
+    let patch = env.world_ok(&["diff", "--patch", "child"]);
+    insta::assert_snapshot!(patch.stdout, @r"
+    T /leak
+    A /leak/etc
+    A /leak/etc/hostname
+    --- a/leak/etc/hostname
+    +++ b/leak/etc/hostname
+    @@ -0,0 +1 @@
+    +world
+    ");
+}

@@ -62,6 +62,18 @@ impl WorldPath {
         &self.0
     }
 
+    /// Returns the raw bytes of the directory that contains this path and
+    /// of its last name, or `None` for the root.
+    pub fn parent_and_name(&self) -> Option<(&[u8], &[u8])> {
+        if self.is_root() {
+            return None;
+        }
+        Some(match self.0.iter().rposition(|&b| b == b'/') {
+            Some(slash) => (&self.0[..slash], &self.0[slash + 1..]),
+            None => (&self.0[..0], &self.0[..]),
+        })
+    }
+
     /// Returns whether this is a world's root.
     pub fn is_root(&self) -> bool {
         self.0.is_empty()

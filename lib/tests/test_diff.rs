@@ -304,6 +304,45 @@ fn grandchild_shows_own_changes_only() {
 }
 
 #[test]
+fn symlink_in_base_never_leads_out() {
+    let fixture_store = TestStore::new();
+    let mut store = fixture_store.open();
+    let root = fixture(&mut store);
+    // A folder of the host with the names that the child makes, reached
+    // from the base through the symlinks `up` (absolute) and `back`
+    // (relative, out through the world's root).
+    let outside = fixture_store.scratch();
+    std::fs::create_dir_all(outside.join("etc")).unwrap();
+    std::fs::write(outside.join("etc/hostname"), "host\n").unwrap();
+    std::fs::write(outside.join("etc/secret"), "host\n").unwrap();
+    let relative = format!("../../../../../../../../..{}", outside.display());
+    shell(
+        &store,
+        &root,
+        &format!("ln -s {} up && ln -s {relative} back", outside.display()),
+    );
+    let child = name("child");
+    store.create_child(&child, &root).unwrap();
+    shell(
+        &store,
+        &child,
+        "for link in up back; do rm $link && mkdir -p $link/etc && printf world > $link/etc/hostname; done",
+    );
+
+    let (fast, walk) = diff_both_ways(&store, &child);
+    let expected = [
+        "T /back",
+        "A /back/etc",
+        "A /back/etc/hostname",
+        "T /up",
+        "A /up/etc",
+        "A /up/etc/hostname",
+    ];
+    assert_eq!(fast, expected, "fast path");
+    assert_eq!(walk, expected, "full walk");
+}
+
+#[test]
 fn parent_changes_since_base() {
     let fixture_store = TestStore::new();
     let mut store = fixture_store.open();

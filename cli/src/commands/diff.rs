@@ -1,13 +1,16 @@
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context as _;
-use worlds::diff::{Change, ChangeKind, DiffOptions, FileType, Method};
+use worlds::diff::{engine, Change, ChangeKind, DiffOptions, FileType, Method};
 use worlds::path::WorldPath;
 use worlds::size;
 use worlds::store::{DiffSubject, DiffView, StoreError};
+use worlds::sys::process;
 use worlds::WorldName;
 
 use super::Context;
@@ -312,21 +315,33 @@ fn print_patch(
         if !has_text_diff {
             continue;
         }
-        let old = if regular(&change.before) {
-            change.path.under(view.base_root())
-        } else {
-            "/dev/null".into()
+        // Each side is opened beneath its tree without following symlinks,
+        // and diff(1) reads the open file.
+        let open = |root: &Path| -> anyhow::Result<File> {
+            engine::open_regular(root, &change.path)?.with_context(|| {
+                format!(
+                    "{} changed while the diff was read; run the diff again",
+                    quote(&path)
+                )
+            })
         };
-        let new = if regular(&change.after) {
-            change.path.under(view.world_root())
-        } else {
-            "/dev/null".into()
+        let old = (regular(&change.before))
+            .then(|| open(view.base_root()))
+            .transpose()?;
+        let new = (regular(&change.after))
+            .then(|| open(view.world_root()))
+            .transpose()?;
+        let mut command = Command::new("diff");
+        let mut argument = |file: &Option<File>| match file {
+            Some(file) => process::pass_files(&mut command, &[file]).remove(0),
+            None => PathBuf::from("/dev/null"),
         };
+        let (old_path, new_path) = (argument(&old), argument(&new));
         let mut label_a = OsString::from("a");
         label_a.push(std::ffi::OsStr::from_bytes(&path));
         let mut label_b = OsString::from("b");
         label_b.push(std::ffi::OsStr::from_bytes(&path));
-        let output = Command::new("diff")
+        let output = command
             .env("LC_ALL", "C")
             .arg("-u")
             .arg("--label")
@@ -334,8 +349,8 @@ fn print_patch(
             .arg("--label")
             .arg(&label_b)
             .arg("--")
-            .arg(&old)
-            .arg(&new)
+            .arg(&old_path)
+            .arg(&new_path)
             .output()
             .context("run diff(1) for --patch; install it with: apt-get install diffutils")?;
         // diff exits with 0 for same, 1 for different and 2 for trouble.

@@ -10,17 +10,24 @@
 //! the base was taken ([`btrfs::changed_inodes`]), resolves them to paths,
 //! and compares only those paths and the entries of changed directories
 //! with the base. Deletions and renames show up as changed directories.
+//!
+//! Both trees are read beneath their roots, one directory at a time,
+//! without following symlinks: a path whose directory is a symlink in one
+//! tree is missing from that tree. A symlink in the base, such as `etc ->
+//! /`, therefore never leads a diff out of the world into the host.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File, Metadata};
-use std::io;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::os::unix::fs::DirEntryExt;
 use std::path::Path;
 
 use super::model::{classify, Change, ChangeKind, Entry, FileType};
 use crate::path::WorldPath;
-use crate::sys::{btrfs, fs as sysfs};
+use crate::sys::beneath::Dir;
+use crate::sys::{btrfs, fs as sysfs, process};
 
 /// Files up to this size whose extents differ are compared byte by byte, so
 /// that a rewrite with the same bytes is no change. Larger ones count as
@@ -33,21 +40,190 @@ pub struct Sides<'a> {
     pub world: &'a Path,
 }
 
+/// The roots of both trees of a diff, open.
+struct Roots {
+    base: Dir,
+    world: Dir,
+}
+
+impl Roots {
+    fn open(sides: &Sides<'_>) -> io::Result<Self> {
+        Ok(Self {
+            base: Dir::open(sides.base)?,
+            world: Dir::open(sides.world)?,
+        })
+    }
+
+    /// Returns a pair of lookups in both trees for the calling thread, and
+    /// gives that thread a working directory of its own for them.
+    fn trees(&self) -> io::Result<Trees<'_>> {
+        process::own_working_directory()?;
+        let tree = |root| Tree {
+            own_working_directory: true,
+            ..Tree::new(root)
+        };
+        Ok(Trees {
+            base: tree(&self.base),
+            world: tree(&self.world),
+        })
+    }
+}
+
+/// Lookups in both trees of a diff.
+struct Trees<'a> {
+    base: Tree<'a>,
+    world: Tree<'a>,
+}
+
+/// Lookups in one tree beneath its root. Each path's directory is opened
+/// with openat2(2) without following symlinks, and the last one is kept
+/// open, because neighbouring paths share it.
+struct Tree<'a> {
+    root: &'a Dir,
+    /// The directory of the last lookup, by its path, or `None` where the
+    /// tree has no directory there.
+    last: Option<(Vec<u8>, Option<Dir>)>,
+    /// Whether the calling thread has a working directory of its own, so
+    /// that attributes may be read by name from inside their directory.
+    own_working_directory: bool,
+}
+
+impl<'a> Tree<'a> {
+    fn new(root: &'a Dir) -> Self {
+        Self {
+            root,
+            last: None,
+            own_working_directory: false,
+        }
+    }
+
+    /// Returns directory `dir` (raw bytes of a world path), or `None` when
+    /// it is missing, is not a directory, or lies below a symlink.
+    fn dir(&mut self, dir: &[u8]) -> io::Result<Option<&Dir>> {
+        if dir.is_empty() {
+            return Ok(Some(self.root));
+        }
+        let cached = matches!(&self.last, Some((path, _)) if path == dir);
+        if !cached {
+            let opened = match self.root.open_dir(dir) {
+                Ok(opened) => Some(opened),
+                Err(error)
+                    if matches!(
+                        error.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                    ) =>
+                {
+                    None
+                }
+                Err(error) => return Err(error),
+            };
+            self.last = Some((dir.to_vec(), opened));
+        }
+        Ok(self.last.as_ref().and_then(|(_, opened)| opened.as_ref()))
+    }
+
+    /// Returns the status of `path`, not following a symlink, or `None`
+    /// when the tree has no such path.
+    fn status(&mut self, path: &WorldPath) -> io::Result<Option<sysfs::Status>> {
+        let Some((parent, name)) = path.parent_and_name() else {
+            return self.root.own_status().map(Some);
+        };
+        match self.dir(parent)? {
+            Some(dir) => dir.stat(OsStr::from_bytes(name)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the entry of `path`, whose status is `status`.
+    fn entry(&mut self, path: &WorldPath, status: &sysfs::Status) -> io::Result<Entry> {
+        let file_type = file_type(status)?;
+        let Some((parent, name)) = path.parent_and_name() else {
+            return Ok(entry_of(status, file_type, None, self.root.own_xattrs()?));
+        };
+        let own_working_directory = self.own_working_directory;
+        let dir = self.dir(parent)?.ok_or_else(missing)?;
+        let name = OsStr::from_bytes(name);
+        let target = match file_type {
+            FileType::Symlink => Some(dir.read_link(name)?),
+            _ => None,
+        };
+        // From inside the directory the name is the whole lookup, which
+        // costs less than a lookup through procfs or an open.
+        let xattrs = if own_working_directory {
+            dir.enter()?;
+            sysfs::xattrs(Path::new(name))?
+        } else {
+            dir.xattrs(name)?
+        };
+        Ok(entry_of(status, file_type, target, xattrs))
+    }
+
+    /// Opens the regular file at `path` for reading.
+    fn open(&mut self, path: &WorldPath) -> io::Result<File> {
+        let (parent, name) = path.parent_and_name().ok_or_else(missing)?;
+        let dir = self.dir(parent)?.ok_or_else(missing)?;
+        let file = dir.open_file(OsStr::from_bytes(name))?;
+        if sysfs::Status::of_file(&file)?.mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(file)
+    }
+
+    /// Returns the entries of directory `dir` by name, or none when the
+    /// tree has no directory there.
+    fn list(&mut self, dir: &WorldPath) -> io::Result<BTreeMap<Vec<u8>, Listed>> {
+        let mut names = BTreeMap::new();
+        let Some(opened) = self.dir(dir.as_bytes())? else {
+            return Ok(names);
+        };
+        for entry in opened.entries()? {
+            let entry = entry?;
+            // std reads the type from `d_type` and calls lstat only when it
+            // is `DT_UNKNOWN`. btrfs always fills it in.
+            let listed = Listed {
+                ino: entry.ino(),
+                dir: entry.file_type().ok().map(|file_type| file_type.is_dir()),
+            };
+            names.insert(entry.file_name().as_bytes().to_vec(), listed);
+        }
+        Ok(names)
+    }
+}
+
+/// Returns the error of a lookup below a path that a tree lacks.
+fn missing() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOENT)
+}
+
 /// Changes found so far, by path.
 type Changes = BTreeMap<WorldPath, Change>;
 
 /// Compares every path of both trees.
 pub fn walk(sides: &Sides<'_>) -> io::Result<Vec<Change>> {
-    let mut changes = Changes::new();
-    record(&mut changes, compare(sides, &WorldPath::root())?);
-    walk_dir(sides, &WorldPath::root(), &mut changes)?;
-    Ok(changes.into_values().collect())
+    let roots = Roots::open(sides)?;
+    // One thread walks, because the lookups need a thread of their own.
+    let root = [WorldPath::root()];
+    let mut walked = in_parallel(
+        &root,
+        || roots.trees(),
+        |trees, root| {
+            let mut changes = Changes::new();
+            record(&mut changes, compare(trees, root)?);
+            walk_dir(trees, root, &mut changes)?;
+            Ok(changes)
+        },
+    )?;
+    Ok(walked.pop().unwrap_or_default().into_values().collect())
 }
 
 /// Compares the paths of the inodes written after transaction `since`, and
 /// the entries of the directories among them.
 pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
     let started = std::time::Instant::now();
+    let roots = Roots::open(sides)?;
     let world = File::open(sides.world)?;
     let changed = btrfs::changed_inodes(&world, since)?;
     let searched = started.elapsed();
@@ -58,41 +234,49 @@ pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
     // First every candidate on its own, then what lies around them: the
     // entries of changed directories, and what lies below a directory that
     // was added, deleted or replaced.
-    let compared = in_parallel(&list, |path| {
-        let (change, base, world) = compare_statuses(sides, path)?;
-        Ok(Compared {
-            path,
-            change,
-            base,
-            world,
-        })
-    })?;
+    let compared = in_parallel(
+        &list,
+        || roots.trees(),
+        |trees, path| {
+            let (change, base, world) = compare_statuses(trees, path)?;
+            Ok(Compared {
+                path,
+                change,
+                base,
+                world,
+            })
+        },
+    )?;
     let added_names = added_name_bytes(&compared);
-    let nearby = in_parallel(&compared, |candidate| {
-        let mut changes = Changes::new();
-        let (Some(base), Some(world)) = (&candidate.base, &candidate.world) else {
-            if candidate
-                .base
-                .as_ref()
-                .or(candidate.world.as_ref())
-                .is_some_and(Metadata::is_dir)
-            {
-                descend(sides, candidate.path, &mut changes)?;
-            }
-            return Ok(changes);
-        };
-        match (base.is_dir(), world.is_dir()) {
-            (false, false) => {}
-            (true, true) if base.ino() == world.ino() => {
-                let added = added_names.get(candidate.path.as_bytes()).copied();
-                if may_have_lost_entries(base, world, added.unwrap_or(0)) {
-                    compare_entries(sides, candidate.path, &candidates, &mut changes)?;
+    let nearby = in_parallel(
+        &compared,
+        || roots.trees(),
+        |trees, candidate| {
+            let mut changes = Changes::new();
+            let (Some(base), Some(world)) = (&candidate.base, &candidate.world) else {
+                if candidate
+                    .base
+                    .as_ref()
+                    .or(candidate.world.as_ref())
+                    .is_some_and(is_dir)
+                {
+                    descend(trees, candidate.path, &mut changes)?;
                 }
+                return Ok(changes);
+            };
+            match (is_dir(base), is_dir(world)) {
+                (false, false) => {}
+                (true, true) if base.ino == world.ino => {
+                    let added = added_names.get(candidate.path.as_bytes()).copied();
+                    if may_have_lost_entries(base, world, added.unwrap_or(0)) {
+                        compare_entries(trees, candidate.path, &candidates, &mut changes)?;
+                    }
+                }
+                _ => descend(trees, candidate.path, &mut changes)?,
             }
-            _ => descend(sides, candidate.path, &mut changes)?,
-        }
-        Ok(changes)
-    })?;
+            Ok(changes)
+        },
+    )?;
 
     let mut changes = Changes::new();
     for candidate in compared {
@@ -116,8 +300,12 @@ pub fn fast(sides: &Sides<'_>, since: u64) -> io::Result<Vec<Change>> {
 struct Compared<'a> {
     path: &'a WorldPath,
     change: Option<Change>,
-    base: Option<Metadata>,
-    world: Option<Metadata>,
+    base: Option<sysfs::Status>,
+    world: Option<sysfs::Status>,
+}
+
+fn is_dir(status: &sysfs::Status) -> bool {
+    status.mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 /// Returns, by directory, the total length of the names of the candidates
@@ -125,15 +313,12 @@ struct Compared<'a> {
 fn added_name_bytes<'a>(compared: &[Compared<'a>]) -> HashMap<&'a [u8], u64> {
     let mut added: HashMap<&[u8], u64> = HashMap::new();
     for candidate in compared {
-        if candidate.path.is_root() || candidate.base.is_some() || candidate.world.is_none() {
+        if candidate.base.is_some() || candidate.world.is_none() {
             continue;
         }
-        let bytes = candidate.path.as_bytes();
-        let (parent, name) = match bytes.iter().rposition(|&b| b == b'/') {
-            Some(slash) => (&bytes[..slash], &bytes[slash + 1..]),
-            None => (&bytes[..0], bytes),
-        };
-        *added.entry(parent).or_default() += name.len() as u64;
+        if let Some((parent, name)) = candidate.path.parent_and_name() {
+            *added.entry(parent).or_default() += name.len() as u64;
+        }
     }
     added
 }
@@ -153,26 +338,33 @@ fn added_name_bytes<'a>(compared: &[Compared<'a>]) -> HashMap<&'a [u8], u64> {
 /// NOTE: a name that is not a candidate, such as that of a subvolume made
 /// inside the world, goes unseen when a removed name of the same length
 /// hides it.
-fn may_have_lost_entries(base: &Metadata, world: &Metadata, added: u64) -> bool {
-    base.size().checked_add(added.saturating_mul(2)) != Some(world.size())
+fn may_have_lost_entries(base: &sysfs::Status, world: &sysfs::Status, added: u64) -> bool {
+    base.size.checked_add(added.saturating_mul(2)) != Some(world.size)
 }
 
 /// Runs `work` on every item of `items` on a few threads and returns the
-/// results in order, or the first error. Comparing is mostly waiting for
-/// inode lookups, so threads help even where the CPUs are few.
-fn in_parallel<T: Sync, R: Send>(
+/// results in order, or the first error. Each thread makes its own state
+/// with `state` and passes it to every call of `work`. Comparing is mostly
+/// waiting for inode lookups, so threads help even where the CPUs are few.
+fn in_parallel<T: Sync, R: Send, S>(
     items: &[T],
-    work: impl Fn(&T) -> io::Result<R> + Sync,
+    state: impl Fn() -> io::Result<S> + Sync,
+    work: impl Fn(&mut S, &T) -> io::Result<R> + Sync,
 ) -> io::Result<Vec<R>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
     let chunk = items.len().div_ceil(threads).max(1);
-    let work = &work;
+    let (state, work) = (&state, &work);
     let parts: Vec<io::Result<Vec<R>>> = std::thread::scope(|scope| {
         let workers: Vec<_> = items
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(work).collect()))
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut state = state()?;
+                    part.iter().map(|item| work(&mut state, item)).collect()
+                })
+            })
             .collect();
         workers
             .into_iter()
@@ -235,13 +427,13 @@ fn resolve_paths(world: &File, changed: &btrfs::TreeChanges) -> io::Result<BTree
 /// Compares the entries of directory `dir` on both sides by name and inode
 /// number, descending where an entry was added, deleted or replaced.
 fn compare_entries(
-    sides: &Sides<'_>,
+    trees: &mut Trees<'_>,
     dir: &WorldPath,
     candidates: &BTreeSet<WorldPath>,
     changes: &mut Changes,
 ) -> io::Result<()> {
-    let before = read_dir(&dir.under(sides.base))?;
-    let after = read_dir(&dir.under(sides.world))?;
+    let before = trees.base.list(dir)?;
+    let after = trees.world.list(dir)?;
     let names: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
     for name in names {
         let (in_base, in_world) = (before.get(name), after.get(name));
@@ -255,58 +447,57 @@ fn compare_entries(
         if candidates.contains(&path) {
             continue;
         }
-        record(changes, compare(sides, &path)?);
+        record(changes, compare(trees, &path)?);
         // Only a directory on either side has anything below it. The type
         // comes from the directory entry, and `descend` looks up an entry
         // whose type could not be read.
         let maybe_dir =
             |listed: Option<&Listed>| listed.is_some_and(|entry| entry.dir != Some(false));
         if maybe_dir(in_base) || maybe_dir(in_world) {
-            descend(sides, &path, changes)?;
+            descend(trees, &path, changes)?;
         }
     }
     Ok(())
 }
 
-fn walk_dir(sides: &Sides<'_>, dir: &WorldPath, changes: &mut Changes) -> io::Result<()> {
-    let before = read_dir(&dir.under(sides.base))?;
-    let after = read_dir(&dir.under(sides.world))?;
+fn walk_dir(trees: &mut Trees<'_>, dir: &WorldPath, changes: &mut Changes) -> io::Result<()> {
+    let before = trees.base.list(dir)?;
+    let after = trees.world.list(dir)?;
     let names: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
     for name in names {
         let path = dir.join(name);
-        record(changes, compare(sides, &path)?);
-        descend(sides, &path, changes)?;
+        record(changes, compare(trees, &path)?);
+        descend(trees, &path, changes)?;
     }
     Ok(())
 }
 
 /// Continues below `path` after it was compared: both sides are walked when
 /// both are directories, and a directory on one side only is listed whole.
-fn descend(sides: &Sides<'_>, path: &WorldPath, changes: &mut Changes) -> io::Result<()> {
-    let base_dir = lstat(&path.under(sides.base))?.is_some_and(|m| m.is_dir());
-    let world_dir = lstat(&path.under(sides.world))?.is_some_and(|m| m.is_dir());
+fn descend(trees: &mut Trees<'_>, path: &WorldPath, changes: &mut Changes) -> io::Result<()> {
+    let base_dir = trees.base.status(path)?.as_ref().is_some_and(is_dir);
+    let world_dir = trees.world.status(path)?.as_ref().is_some_and(is_dir);
     match (base_dir, world_dir) {
-        (true, true) => walk_dir(sides, path, changes),
-        (true, false) => list_subtree(sides.base, path, ChangeKind::Deleted, changes),
-        (false, true) => list_subtree(sides.world, path, ChangeKind::Added, changes),
+        (true, true) => walk_dir(trees, path, changes),
+        (true, false) => list_subtree(&mut trees.base, path, ChangeKind::Deleted, changes),
+        (false, true) => list_subtree(&mut trees.world, path, ChangeKind::Added, changes),
         (false, false) => Ok(()),
     }
 }
 
-/// Records everything below directory `dir` of `root` as added or deleted.
+/// Records everything below directory `dir` of `tree` as added or deleted.
 fn list_subtree(
-    root: &Path,
+    tree: &mut Tree<'_>,
     dir: &WorldPath,
     kind: ChangeKind,
     changes: &mut Changes,
 ) -> io::Result<()> {
-    for name in read_dir(&dir.under(root))?.into_keys() {
+    for name in tree.list(dir)?.into_keys() {
         let path = dir.join(&name);
-        let host = path.under(root);
-        let Some(metadata) = lstat(&host)? else {
+        let Some(status) = tree.status(&path)? else {
             continue;
         };
-        let entry = read_entry(&host, &metadata)?;
+        let entry = tree.entry(&path, &status)?;
         let is_dir = entry.file_type == FileType::Directory;
         let (before, after) = match kind {
             ChangeKind::Deleted => (Some(entry), None),
@@ -322,7 +513,7 @@ fn list_subtree(
             }),
         );
         if is_dir {
-            list_subtree(root, &path, kind, changes)?;
+            list_subtree(tree, &path, kind, changes)?;
         }
     }
     Ok(())
@@ -335,54 +526,47 @@ fn record(changes: &mut Changes, change: Option<Change>) {
 }
 
 /// Compares one path on both sides and returns its change, if any.
-pub fn compare(sides: &Sides<'_>, path: &WorldPath) -> io::Result<Option<Change>> {
-    Ok(compare_statuses(sides, path)?.0)
+fn compare(trees: &mut Trees<'_>, path: &WorldPath) -> io::Result<Option<Change>> {
+    Ok(compare_statuses(trees, path)?.0)
 }
+
+/// A change, if any, and the status of each side, `None` where it is
+/// missing.
+type Outcome = (Option<Change>, Option<sysfs::Status>, Option<sysfs::Status>);
 
 /// Compares one path on both sides like [`compare`], and also returns the
-/// attributes of each side, or `None` where the path is missing.
-fn compare_statuses(
-    sides: &Sides<'_>,
-    path: &WorldPath,
-) -> io::Result<(Option<Change>, Option<Metadata>, Option<Metadata>)> {
-    let base_host = path.under(sides.base);
-    let world_host = path.under(sides.world);
-    let base_metadata = lstat(&base_host)?;
-    let world_metadata = lstat(&world_host)?;
-    let change = compare_metadata(
-        path,
-        (&base_host, base_metadata.as_ref()),
-        (&world_host, world_metadata.as_ref()),
-    )?;
-    Ok((change, base_metadata, world_metadata))
+/// status of each side.
+fn compare_statuses(trees: &mut Trees<'_>, path: &WorldPath) -> io::Result<Outcome> {
+    let base = trees.base.status(path)?;
+    let world = trees.world.status(path)?;
+    let change = compare_metadata(trees, path, base.as_ref(), world.as_ref())?;
+    Ok((change, base, world))
 }
 
-/// Compares one path given the host path and attributes of each side.
+/// Compares one path given the status of each side.
 fn compare_metadata(
+    trees: &mut Trees<'_>,
     path: &WorldPath,
-    (base_host, base_metadata): (&Path, Option<&Metadata>),
-    (world_host, world_metadata): (&Path, Option<&Metadata>),
+    base: Option<&sysfs::Status>,
+    world: Option<&sysfs::Status>,
 ) -> io::Result<Option<Change>> {
-    if let (Some(before), Some(after)) = (base_metadata, world_metadata) {
-        let untouched = before.ino() == after.ino()
-            && before.ctime() == after.ctime()
-            && before.ctime_nsec() == after.ctime_nsec();
-        if untouched {
+    if let (Some(before), Some(after)) = (base, world) {
+        if before.ino == after.ino && before.ctime == after.ctime {
             return Ok(None);
         }
     }
 
-    let before = base_metadata
-        .map(|metadata| read_entry(base_host, metadata))
+    let before = base
+        .map(|status| trees.base.entry(path, status))
         .transpose()?;
-    let after = world_metadata
-        .map(|metadata| read_entry(world_host, metadata))
+    let after = world
+        .map(|status| trees.world.entry(path, status))
         .transpose()?;
     let data_changed = match (&before, &after) {
         (Some(b), Some(a))
             if b.file_type == FileType::Regular && a.file_type == FileType::Regular =>
         {
-            b.size == a.size && data_differs(base_host, world_host, a.size)?
+            b.size == a.size && data_differs(trees, path, a.size)?
         }
         _ => false,
     };
@@ -399,51 +583,38 @@ fn compare_metadata(
 
 /// Returns whether two files of equal size hold different data: equal
 /// extent maps mean shared blocks, so no data is read for them.
-fn data_differs(base: &Path, world: &Path, size: u64) -> io::Result<bool> {
-    let base_extents = sysfs::extents(&File::open(base)?)?;
-    let world_extents = sysfs::extents(&File::open(world)?)?;
-    let opaque = |extents: &[sysfs::Extent]| {
-        extents.iter().any(|e| {
-            e.flags
-                & (sysfs::Extent::DATA_INLINE | sysfs::Extent::UNKNOWN | sysfs::Extent::DELALLOC)
-                != 0
-        })
-    };
-    if base_extents == world_extents && !opaque(&base_extents) {
+fn data_differs(trees: &mut Trees<'_>, path: &WorldPath, size: u64) -> io::Result<bool> {
+    let mut base = trees.base.open(path)?;
+    let mut world = trees.world.open(path)?;
+    if shares_extents(&base, &world)? {
         return Ok(false);
     }
     if size > COMPARE_BYTES_MAX {
         return Ok(true);
     }
-    Ok(fs::read(base)? != fs::read(world)?)
+    Ok(!same_bytes(&mut base, &mut world)?)
 }
 
-/// Returns whether two regular files hold the same bytes: shared extents
-/// decide without reading, and otherwise both are read and compared.
+/// Returns whether two files have the same extent map with no inline,
+/// unknown or delayed extent: then they share their blocks.
+fn shares_extents(a: &File, b: &File) -> io::Result<bool> {
+    let extents = sysfs::extents(a)?;
+    let opaque = extents.iter().any(|e| {
+        e.flags & (sysfs::Extent::DATA_INLINE | sysfs::Extent::UNKNOWN | sysfs::Extent::DELALLOC)
+            != 0
+    });
+    Ok(!opaque && extents == sysfs::extents(b)?)
+}
+
+/// Returns whether two files read the same bytes, reading both to the end.
 ///
-/// NOTE: a large sparse file whose extents differ is read in full,
-/// holes included.
-pub fn same_data(a: &Path, b: &Path) -> io::Result<bool> {
-    use std::io::Read;
-    let (mut file_a, mut file_b) = (File::open(a)?, File::open(b)?);
-    if file_a.metadata()?.len() != file_b.metadata()?.len() {
-        return Ok(false);
-    }
-    let extents_a = sysfs::extents(&file_a)?;
-    let shared = extents_a == sysfs::extents(&file_b)?
-        && !extents_a.iter().any(|e| {
-            e.flags
-                & (sysfs::Extent::DATA_INLINE | sysfs::Extent::UNKNOWN | sysfs::Extent::DELALLOC)
-                != 0
-        });
-    if shared {
-        return Ok(true);
-    }
-    let mut buffer_a = vec![0u8; 1 << 20];
-    let mut buffer_b = vec![0u8; 1 << 20];
+/// NOTE: a large sparse file is read in full, holes included.
+fn same_bytes(a: &mut File, b: &mut File) -> io::Result<bool> {
+    let mut buffer_a = vec![0u8; 64 << 10];
+    let mut buffer_b = vec![0u8; 64 << 10];
     loop {
-        let read_a = read_full(&mut file_a, &mut buffer_a)?;
-        let read_b = read_full(&mut file_b, &mut buffer_b)?;
+        let read_a = read_full(a, &mut buffer_a)?;
+        let read_b = read_full(b, &mut buffer_b)?;
         if read_a != read_b || buffer_a[..read_a] != buffer_b[..read_b] {
             return Ok(false);
         }
@@ -465,16 +636,41 @@ pub fn same_data(a: &Path, b: &Path) -> io::Result<bool> {
     }
 }
 
-/// Reads the attributes of the file at `host`, not following a final
-/// symlink.
-pub fn read_entry(host: &Path, metadata: &Metadata) -> io::Result<Entry> {
-    let status = sysfs::Status::from(metadata);
-    let file_type = file_type(&status)?;
-    let target = match file_type {
-        FileType::Symlink => Some(fs::read_link(host)?.into_os_string().as_bytes().to_vec()),
-        _ => None,
+/// Returns whether `path` is a regular file with the same bytes in the
+/// trees at `a` and `b`: shared extents decide without reading, and
+/// otherwise both are read and compared. A path that either tree lacks, or
+/// that is no regular file there, is not the same.
+pub fn same_data(a: &Path, b: &Path, path: &WorldPath) -> io::Result<bool> {
+    let (Some(mut file_a), Some(mut file_b)) = (open_regular(a, path)?, open_regular(b, path)?)
+    else {
+        return Ok(false);
     };
-    Ok(entry_of(&status, file_type, target, sysfs::xattrs(host)?))
+    if file_a.metadata()?.len() != file_b.metadata()?.len() {
+        return Ok(false);
+    }
+    Ok(shares_extents(&file_a, &file_b)? || same_bytes(&mut file_a, &mut file_b)?)
+}
+
+/// Opens the regular file at `path` in the tree at `root` for reading,
+/// without following a symlink anywhere in `path`, or returns `None` when
+/// the tree has no regular file there.
+pub fn open_regular(root: &Path, path: &WorldPath) -> io::Result<Option<File>> {
+    let root = Dir::open(root)?;
+    let mut tree = Tree::new(&root);
+    match tree.status(path)? {
+        Some(status) if status.mode & libc::S_IFMT == libc::S_IFREG => {}
+        _ => return Ok(None),
+    }
+    match tree.open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(error)
+            if error.kind() == io::ErrorKind::InvalidInput
+                || matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Returns the file type in `status`, or an error for a type that Linux
@@ -510,19 +706,6 @@ pub fn entry_of(
     }
 }
 
-// NOTE: host paths are the store's pool path plus the world path, so a
-// world path near PATH_MAX fails with ENAMETOOLONG; walking with directory
-// descriptors (openat) would lift that limit.
-fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
-    match fs::symlink_metadata(path) {
-        Ok(metadata) => Ok(Some(metadata)),
-        Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-            Ok(None)
-        }
-        Err(error) => Err(error),
-    }
-}
-
 /// An entry of a directory listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Listed {
@@ -530,28 +713,4 @@ struct Listed {
     /// Whether the entry is a directory, from the `d_type` of
     /// getdents(2), or `None` when its type could not be read.
     dir: Option<bool>,
-}
-
-/// Returns the entries of directory `path` by name, or none when it is
-/// missing or not a directory.
-fn read_dir(path: &Path) -> io::Result<BTreeMap<Vec<u8>, Listed>> {
-    let entries = match fs::read_dir(path) {
-        Ok(entries) => entries,
-        Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-            return Ok(BTreeMap::new())
-        }
-        Err(error) => return Err(error),
-    };
-    let mut names = BTreeMap::new();
-    for entry in entries {
-        let entry = entry?;
-        // std reads the type from `d_type` and calls lstat only when it is
-        // `DT_UNKNOWN`. btrfs always fills it in.
-        let listed = Listed {
-            ino: entry.ino(),
-            dir: entry.file_type().ok().map(|file_type| file_type.is_dir()),
-        };
-        names.insert(entry.file_name().as_bytes().to_vec(), listed);
-    }
-    Ok(names)
 }

@@ -35,6 +35,8 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::{
@@ -46,6 +48,7 @@ use crate::merge::apply;
 use crate::merge::plan::{self, Plan, PlanOptions};
 use crate::name::WorldName;
 use crate::path::WorldPath;
+use crate::sys::beneath::Dir;
 use crate::sys::btrfs;
 
 /// Directory of the pool that keeps pre-merge snapshots for undo.
@@ -176,11 +179,8 @@ impl Store {
         let access_set = self.access_set(child, None)?;
         let reads: BTreeSet<WorldPath> = access_set.reads().cloned().collect();
         let same_data = |path: &WorldPath| {
-            engine::same_data(
-                &path.under(child_view.world_root()),
-                &path.under(parent_view.world_root()),
-            )
-            .unwrap_or(false)
+            engine::same_data(child_view.world_root(), parent_view.world_root(), path)
+                .unwrap_or(false)
         };
         let mut plan = plan::build(&ours, &theirs, &reads, &options.plan, &same_data);
         let merged_texts = text_merge(
@@ -218,8 +218,18 @@ impl Store {
             child_view.world_root().to_path_buf()
         } else {
             let staged = snapshot(child_view.world_root(), &staging, false).and_then(|()| {
+                let root = Dir::open(&staging)?;
                 for (path, content) in &merged_texts {
-                    fs::write(path.under(&staging), content)?;
+                    let (parent, name) = path.parent_and_name().ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "invalid text-merge path: the root",
+                        )
+                    })?;
+                    let mut file = root
+                        .open_dir(parent)?
+                        .truncate_file(OsStr::from_bytes(name))?;
+                    file.write_all(content)?;
                 }
                 Ok(())
             });
@@ -504,8 +514,7 @@ impl Store {
         };
         let ours = engine::fast(&sides, since);
         let same_data = |path: &WorldPath| {
-            engine::same_data(&path.under(sibling_view.world_root()), &path.under(&now))
-                .unwrap_or(false)
+            engine::same_data(sibling_view.world_root(), &now, path).unwrap_or(false)
         };
         let reads: BTreeSet<WorldPath> = self.access_set(sibling, None)?.reads().cloned().collect();
         let plan = ours.map(|ours| {
@@ -835,12 +844,19 @@ fn text_merge(
     let mut merged = Vec::new();
     let mut failed = Vec::new();
     for path in &plan.text_merge {
-        let output = std::process::Command::new("diff3")
+        // Each version is opened beneath its tree without following
+        // symlinks, and diff3 reads the open files.
+        let open = |root: &Path| engine::open_regular(root, path).ok().flatten();
+        let (Some(ours), Some(old), Some(theirs)) = (open(child), open(base), open(parent)) else {
+            failed.push(path.clone());
+            continue;
+        };
+        let mut command = std::process::Command::new("diff3");
+        let files = crate::sys::process::pass_files(&mut command, &[&ours, &old, &theirs]);
+        let output = command
             .env("LC_ALL", "C")
             .arg("--merge")
-            .arg(path.under(child))
-            .arg(path.under(base))
-            .arg(path.under(parent))
+            .args(&files)
             .output();
         match output {
             // diff3 exits with 0 when the changes do not overlap.

@@ -75,6 +75,32 @@ impl Dir {
         })
     }
 
+    /// Makes this directory the working directory of the calling thread
+    /// (fchdir(2)). Call it only on a thread that has its own working
+    /// directory ([`super::process::own_working_directory`]).
+    pub fn enter(&self) -> io::Result<()> {
+        Ok(nix::unistd::fchdir(self.raw())?)
+    }
+
+    /// Returns the status of this directory itself.
+    pub fn own_status(&self) -> io::Result<sysfs::Status> {
+        Ok(sysfs::Status::from_stat(&nix::sys::stat::fstat(
+            self.raw(),
+        )?))
+    }
+
+    /// Returns the extended attributes of this directory itself, sorted by
+    /// name.
+    pub fn own_xattrs(&self) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        sysfs::file_xattrs(&self.fd)
+    }
+
+    /// Lists the entries of this directory, through procfs like
+    /// [`Dir::proc_path`].
+    pub fn entries(&self) -> io::Result<std::fs::ReadDir> {
+        std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
     /// Returns the path that names entry `name` of this directory through
     /// procfs, for calls that take a path and do not follow a final symlink
     /// (`lstat`, `readlink`, `l*xattr`).
@@ -115,6 +141,17 @@ impl Dir {
     pub fn open_file(&self, name: &OsStr) -> io::Result<File> {
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .resolve(beneath());
+        let fd = nix::fcntl::openat2(self.fd.as_raw_fd(), name, how)?;
+        // SAFETY: openat2 returned a new fd that nothing else owns.
+        Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Opens the existing regular file `name` for writing and truncates it,
+    /// failing with `ELOOP` on a symlink.
+    pub fn truncate_file(&self, name: &OsStr) -> io::Result<File> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
             .resolve(beneath());
         let fd = nix::fcntl::openat2(self.fd.as_raw_fd(), name, how)?;
         // SAFETY: openat2 returned a new fd that nothing else owns.

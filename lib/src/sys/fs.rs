@@ -30,7 +30,7 @@ pub fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
 
 /// Returns the extended attributes of the open `file`, sorted by name, like
 /// [`xattrs`] but without a path lookup.
-pub fn file_xattrs(file: &File) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn file_xattrs(file: &impl AsRawFd) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let fd = file.as_raw_fd();
     read_xattrs(
         // SAFETY: `fd` is open and the caller passes a buffer writable for
@@ -140,6 +140,8 @@ pub struct Status {
     pub atime: (i64, i64),
     /// Modification time: seconds and nanoseconds since the epoch.
     pub mtime: (i64, i64),
+    /// Status change time: seconds and nanoseconds since the epoch.
+    pub ctime: (i64, i64),
 }
 
 impl Status {
@@ -156,6 +158,7 @@ impl Status {
             size: stat.st_size as u64,
             atime: (stat.st_atime, stat.st_atime_nsec),
             mtime: (stat.st_mtime, stat.st_mtime_nsec),
+            ctime: (stat.st_ctime, stat.st_ctime_nsec),
         }
     }
 
@@ -180,6 +183,7 @@ impl From<&std::fs::Metadata> for Status {
             size: metadata.size(),
             atime: (metadata.atime(), metadata.atime_nsec()),
             mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
         }
     }
 }

@@ -24,3 +24,50 @@ pub fn lower_priority(nice: i32) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Gives the calling thread a working directory of its own, apart from the
+/// rest of the process (unshare(2) with `CLONE_FS`), so that it may change
+/// it with [`crate::sys::beneath::Dir::enter`] and look up names relative
+/// to it without touching other threads.
+pub fn own_working_directory() -> std::io::Result<()> {
+    // SAFETY: unshare takes a plain flag word and touches no memory of
+    // ours; `CLONE_FS` affects only the calling thread.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Lets the program that `command` runs read the open `files`, and returns
+/// the path of each there: `/proc/self/fd/N`, which the program opens to
+/// reach the same file. The files must stay open until the command has
+/// been spawned.
+///
+/// A caller that resolved a path safely, without following symlinks, thus
+/// hands the program that file and not whatever the path names by then.
+pub fn pass_files(
+    command: &mut std::process::Command,
+    files: &[&std::fs::File],
+) -> Vec<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fds: Vec<i32> = files.iter().map(|file| file.as_raw_fd()).collect();
+    let paths = fds
+        .iter()
+        .map(|fd| format!("/proc/self/fd/{fd}").into())
+        .collect();
+    // SAFETY: between fork and exec the closure calls only fcntl(2), which
+    // is async-signal-safe, and allocates nothing. The fds are open in the
+    // child, because the caller keeps them open until the spawn.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    paths
+}
