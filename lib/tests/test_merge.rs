@@ -272,6 +272,58 @@ fn hostile_symlink_stays_inside() {
 }
 
 #[test]
+fn text_merge_ignores_base_symlink() {
+    let fixture = TestStore::new();
+    let outside = fixture.scratch().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("list"), "one\ntwo\n").unwrap();
+    let mut store = fixture.open();
+    store
+        .create_root(&name("parent"), &busybox(), &|_| {})
+        .unwrap();
+    shell(
+        &store,
+        "parent",
+        &format!("ln -s {} shared", outside.display()),
+    );
+    store.create_child(&name("child"), &name("parent")).unwrap();
+    // Both sides replace the symlink with a folder that contains `list`.
+    // The host file behind the base's symlink is not a version of it.
+    shell(
+        &store,
+        "child",
+        "rm shared && mkdir shared && printf 'one\\nTWO\\n' > shared/list",
+    );
+    shell(
+        &store,
+        "parent",
+        "rm shared && mkdir shared && printf 'ONE\\ntwo\\n' > shared/list",
+    );
+    let text = MergeOptions {
+        plan: PlanOptions {
+            text_merge: true,
+            ..PlanOptions::default()
+        },
+        ..MergeOptions::default()
+    };
+
+    let outcome = merge(&mut store, &text);
+    assert!(!outcome.applied, "{outcome:?}");
+    let conflicts: Vec<(String, ConflictKind)> = outcome
+        .plan
+        .conflicts
+        .iter()
+        .map(|conflict| (conflict.path.to_string(), conflict.kind))
+        .collect();
+    assert_eq!(
+        conflicts,
+        [("/shared/list".to_owned(), ConflictKind::WriteWrite)]
+    );
+    let list = fs::read_to_string(store.world_path(&name("parent")).join("shared/list")).unwrap();
+    assert_eq!(list, "ONE\ntwo\n");
+}
+
+#[test]
 fn merge_of_root_world_rejected() {
     let fixture = TestStore::new();
     let mut store = family(&fixture);
