@@ -198,3 +198,29 @@ fn patch_ignores_base_symlink_escape() {
     +world
     ");
 }
+
+#[test]
+fn patch_quotes_names_and_skips_large_files() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["create", "child", "base"]);
+    let root = env.store.join("pool/worlds/child");
+    let awkward: &std::ffi::OsStr = std::os::unix::ffi::OsStrExt::from_bytes(b"tmp/a\nb\x1b[31m");
+    fs::write(root.join(awkward), "text\n").unwrap();
+    // diff(1) would read all 20 MiB of this sparse file into memory.
+    fs::File::create(root.join("tmp/large"))
+        .unwrap()
+        .set_len(20 << 20)
+        .unwrap();
+
+    let patch = env.world_ok(&["diff", "--patch", "child"]);
+    insta::assert_snapshot!(patch.stdout, @r#"
+    A "/tmp/a\nb\033[31m"
+    --- "a/tmp/a\nb\033[31m"
+    +++ "b/tmp/a\nb\033[31m"
+    @@ -0,0 +1 @@
+    +text
+    A /tmp/large
+    Files a/tmp/large and b/tmp/large differ; they are over 16.0 MiB and not shown
+    "#);
+}

@@ -296,6 +296,9 @@ fn print_stat(out: &mut impl Write, changes: &[Change], color: bool) -> io::Resu
     )
 }
 
+/// Files larger than this get no unified diff in `--patch`.
+const PATCH_BYTES_MAX: u64 = 16 << 20;
+
 fn print_patch(
     out: &mut impl Write,
     view: &DiffView,
@@ -313,6 +316,18 @@ fn print_patch(
         let path = change.path.to_absolute_bytes();
         writeln!(out, "{} {}", change.kind.letter(), quote(&path))?;
         if !has_text_diff {
+            continue;
+        }
+        // diff(1) holds both files in memory, holes of sparse files too.
+        let size = |entry: &Option<worlds::diff::Entry>| entry.as_ref().map_or(0, |e| e.size);
+        if size(&change.before).max(size(&change.after)) > PATCH_BYTES_MAX {
+            writeln!(
+                out,
+                "Files {} and {} differ; they are over {} and not shown",
+                quote(&[b"a", path.as_slice()].concat()),
+                quote(&[b"b", path.as_slice()].concat()),
+                size::format(PATCH_BYTES_MAX)
+            )?;
             continue;
         }
         // Each side is opened beneath its tree without following symlinks,
@@ -337,10 +352,10 @@ fn print_patch(
             None => PathBuf::from("/dev/null"),
         };
         let (old_path, new_path) = (argument(&old), argument(&new));
-        let mut label_a = OsString::from("a");
-        label_a.push(std::ffi::OsStr::from_bytes(&path));
-        let mut label_b = OsString::from("b");
-        label_b.push(std::ffi::OsStr::from_bytes(&path));
+        // The labels are quoted like the status line, so that a name with
+        // a newline or an escape sequence cannot forge lines of the patch.
+        let label_a = quote(&[b"a", path.as_slice()].concat());
+        let label_b = quote(&[b"b", path.as_slice()].concat());
         let output = command
             .env("LC_ALL", "C")
             .arg("-u")
