@@ -538,6 +538,39 @@ fn freeze_and_thaw_restore_state() {
 }
 
 #[test]
+fn crashed_merge_thaws_parent() {
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    env.world_ok(&["start", "base"]);
+    env.world_ok(&["create", "child", "base"]);
+    std::fs::write(env.store.join("pool/worlds/child/etc/motd"), "new\n").unwrap();
+
+    // The merge dies half way, with the running parent frozen.
+    let crashed = run(env
+        .command(WORLD)
+        .env("WORLDS_TEST_CRASH_AT", "mid-merge")
+        .args(["merge", "child"])
+        .stderr(Stdio::null()));
+    assert_eq!(crashed.code, 128 + 6);
+
+    // The next command, whichever it is, thaws the parent.
+    let recovered = env.world_ok(&["recover"]);
+    assert!(
+        recovered
+            .stderr
+            .contains("world `base` was left frozen by an interrupted merge or undo; thawed it"),
+        "{}",
+        recovered.stderr
+    );
+    assert_eq!(show(&env, "base")["state"], "running");
+    // A world that its user froze stays frozen through a merge.
+    env.world_ok(&["freeze", "base"]);
+    env.world_ok(&["merge", "child"]);
+    assert_eq!(show(&env, "base")["state"], "frozen");
+    env.world_ok(&["stop", "base"]);
+}
+
+#[test]
 fn limits_enforced() {
     let env = TestEnv::new();
     env.init_busybox("base");

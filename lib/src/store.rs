@@ -233,6 +233,9 @@ pub enum Cleanup {
         child: WorldName,
         parent: WorldName,
     },
+    /// A world that an interrupted merge, undo or recovery had frozen was
+    /// thawed.
+    Thawed { world: WorldName },
     /// A world was recorded as running, but its monitor was gone after a
     /// crash or a reboot; its processes and runtime files were removed.
     StaleRun { world: WorldName },
@@ -753,6 +756,33 @@ impl Store {
         self.world(name)
     }
 
+    /// Thaws the world of thaw intent `intent`, which a command froze and
+    /// then died before it could thaw it, and forgets the intent.
+    fn thaw_after_crash(&mut self, intent: &str) -> Result<Option<Cleanup>> {
+        let world = self
+            .worlds()?
+            .into_iter()
+            .find(|world| merging::thaw_intent(&world.name) == intent);
+        let mut cleanup = None;
+        if let Some(world) = world {
+            let frozen = self
+                .status(&world.name)
+                .is_ok_and(|status| status.state == crate::runtime::RunState::Frozen);
+            if frozen {
+                self.set_frozen(&world.name, false)
+                    .map_err(|error| StoreError::Reconcile {
+                        source: Box::new(error),
+                    })?;
+                tracing::info!(world = %world.name, "world thawed after an interrupted command");
+                cleanup = Some(Cleanup::Thawed { world: world.name });
+            }
+        }
+        let writer = self.db.transaction()?;
+        writer.clear_intent(intent)?;
+        writer.commit()?;
+        Ok(cleanup)
+    }
+
     /// Records, before touching the pool, which subvolumes a command is
     /// about to make or remove, so that reconcile may remove exactly those
     /// after a crash.
@@ -905,7 +935,11 @@ impl Store {
         let mut cleanups = Vec::new();
         let mut removed = Vec::new();
 
-        for (path, _kind) in self.db.intents()? {
+        for (path, kind) in self.db.intents()? {
+            if kind == merging::THAW_INTENT {
+                cleanups.extend(self.thaw_after_crash(&path)?);
+                continue;
+            }
             let host = self.pool.join(&path);
             if host.exists() {
                 if let Err(error) = remove_subvolume(&host) {

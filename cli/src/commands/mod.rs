@@ -170,6 +170,9 @@ pub fn report_cleanups(cleanups: &[Cleanup]) {
             Cleanup::MergeRolledBack { merge, child, parent } => ui::warning(format_args!(
                 "merge {merge} of `{child}` into `{parent}` was interrupted; `{parent}` is back at its state before the merge"
             )),
+            Cleanup::Thawed { world } => ui::warning(format_args!(
+                "world `{world}` was left frozen by an interrupted merge or undo; thawed it"
+            )),
             Cleanup::StaleRun { world } => ui::warning(format_args!(
                 "world `{world}` was recorded as running, but its monitor was gone (after a crash or a reboot); stopped it and removed what it left"
             )),

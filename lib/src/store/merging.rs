@@ -51,6 +51,16 @@ use crate::path::WorldPath;
 use crate::sys::beneath::Dir;
 use crate::sys::btrfs;
 
+/// The kind of the intent that a command records before it freezes a
+/// world for a merge, an undo or a recovery.
+pub(super) const THAW_INTENT: &str = "thaw";
+
+/// Returns the key of the thaw intent of world `name`. It names no path of
+/// the pool.
+pub(super) fn thaw_intent(name: &WorldName) -> String {
+    format!("thaw:{name}")
+}
+
 /// Directory of the pool that keeps pre-merge snapshots for undo.
 pub(super) const PREMERGE_DIR: &str = "premerge";
 /// How often a merge tries to freeze a running parent before it fails.
@@ -653,12 +663,19 @@ impl Store {
         // The cgroup freezer can give up on a loaded machine while a process
         // is busy in the kernel (libcgroups retries for about half a
         // second), so freezing is tried a few times before the merge fails.
+        // The intent tells the next command to thaw the world if this one
+        // dies while it is frozen.
+        let intent = thaw_intent(name);
+        self.add_intents(&[&intent], THAW_INTENT)?;
         let mut attempts = 0;
         loop {
             attempts += 1;
             match self.set_frozen(name, true) {
                 Ok(_) => break,
-                Err(error) if attempts >= FREEZE_ATTEMPTS => return Err(freeze_error(error)),
+                Err(error) if attempts >= FREEZE_ATTEMPTS => {
+                    self.clear_intents_quietly(&[&intent]);
+                    return Err(freeze_error(error));
+                }
                 Err(error) => {
                     tracing::warn!(world = %name, error = %error, attempts, "freezing failed; trying again");
                     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -667,6 +684,7 @@ impl Store {
         }
         let result = work(self);
         self.set_frozen(name, false).map_err(freeze_error)?;
+        self.clear_intents_quietly(&[&intent]);
         Ok(result)
     }
 
