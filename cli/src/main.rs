@@ -49,6 +49,8 @@ fn main() -> ExitCode {
         Ok("merge-applied") => Some(worlds::store::CrashPoint::MergeApplied),
         Ok("merge-publishing") => Some(worlds::store::CrashPoint::MergePublishing),
         Ok("before-merge-done") => Some(worlds::store::CrashPoint::BeforeMergeDone),
+        Ok("undo-journaled") => Some(worlds::store::CrashPoint::UndoJournaled),
+        Ok("mid-undo") => Some(worlds::store::CrashPoint::MidUndo),
         _ => None,
     };
     // An absolute store path keeps records and messages independent of the

@@ -388,3 +388,47 @@ fn crash_at_every_journal_step() {
         );
     }
 }
+
+#[test]
+fn crash_during_undo_finishes_it() {
+    for point in ["undo-journaled", "mid-undo"] {
+        let env = TestEnv::new();
+        let child = family(&env);
+        for index in 0..10 {
+            fs::write(child.join(format!("srv/www/page{index}.html")), "new\n").unwrap();
+        }
+        fs::remove_file(child.join("etc/app.conf")).unwrap();
+        let parent = env.store.join("pool/worlds/Parent");
+        let before = tree_state(&parent);
+        env.world_ok(&["merge", "Child"]);
+        assert_ne!(tree_state(&parent), before, "{point}");
+
+        let crashed = run(env
+            .command(WORLD)
+            .env("WORLDS_TEST_CRASH_AT", point)
+            .args(["undo", "Parent"])
+            .stderr(Stdio::null()));
+        assert_eq!(crashed.code, 128 + 6, "{point}: the undo should abort");
+        let recovered = env.world_ok(&["recover"]);
+        assert!(
+            recovered
+                .stderr
+                .contains("the undo of merge 1 into `Parent` was interrupted; it is now complete"),
+            "{point}: {}",
+            recovered.stderr
+        );
+        assert_eq!(
+            tree_state(&parent),
+            before,
+            "{point}: the parent should be at its state before the merge"
+        );
+        // The child has its old base again, so its changes show once more.
+        assert_eq!(
+            env.world_ok(&["diff", "Child"]).stdout.lines().count(),
+            11,
+            "{point}"
+        );
+        let again = env.world(&["undo", "Parent"]);
+        assert_eq!(again.code, 2, "{point}: {}", again.stderr);
+    }
+}

@@ -453,6 +453,9 @@ pub enum MergeState {
     Done,
     /// An interrupted merge was rolled back to the pre-merge state.
     RolledBack,
+    /// `world undo` is taking the merge back: the parent is going back to
+    /// its pre-merge snapshot.
+    Undoing,
     /// The merge was taken back by `world undo`.
     Undone,
 }
@@ -465,6 +468,7 @@ impl MergeState {
             Self::Publishing => "publishing",
             Self::Done => "done",
             Self::RolledBack => "rolled-back",
+            Self::Undoing => "undoing",
             Self::Undone => "undone",
         }
     }
@@ -476,6 +480,7 @@ impl MergeState {
             Self::Publishing,
             Self::Done,
             Self::RolledBack,
+            Self::Undoing,
             Self::Undone,
         ]
         .into_iter()

@@ -233,6 +233,9 @@ pub enum Cleanup {
         child: WorldName,
         parent: WorldName,
     },
+    /// An interrupted `world undo` was finished: the parent is at its state
+    /// before the merge.
+    UndoCompleted { merge: i64, parent: String },
     /// A world that an interrupted merge, undo or recovery had frozen was
     /// thawed.
     Thawed { world: WorldName },
@@ -368,6 +371,10 @@ pub enum CrashPoint {
     MergePublishing,
     /// When a merge has swapped the child's base and not yet recorded it.
     BeforeMergeDone,
+    /// When an undo is in the journal and has touched nothing yet.
+    UndoJournaled,
+    /// When an undo has applied half of its steps to the parent.
+    MidUndo,
 }
 
 /// An open store.
@@ -757,7 +764,7 @@ impl Store {
     }
 
     /// Thaws the world of thaw intent `intent`, which a command froze and
-    /// then died before it could thaw it, and forgets the intent.
+    /// then died before it could thaw it, and clears the intent.
     fn thaw_after_crash(&mut self, intent: &str) -> Result<Option<Cleanup>> {
         let world = self
             .worlds()?

@@ -170,6 +170,9 @@ pub fn report_cleanups(cleanups: &[Cleanup]) {
             Cleanup::MergeRolledBack { merge, child, parent } => ui::warning(format_args!(
                 "merge {merge} of `{child}` into `{parent}` was interrupted; `{parent}` is back at its state before the merge"
             )),
+            Cleanup::UndoCompleted { merge, parent } => ui::warning(format_args!(
+                "the undo of merge {merge} into `{parent}` was interrupted; it is now complete, and `{parent}` is at its state before the merge"
+            )),
             Cleanup::Thawed { world } => ui::warning(format_args!(
                 "world `{world}` was left frozen by an interrupted merge or undo; thawed it"
             )),

@@ -576,18 +576,19 @@ impl Store {
             });
         };
 
-        let steps = self.restore(parent, &self.premerge_path(last.id, "parent"), progress)?;
-        self.restore_base(last.id, &last.child)?;
+        // The journal records the undo first, so that a crash in the middle
+        // is finished by the next command.
         let writer = self.db.transaction()?;
-        writer.set_merge_state(last.id, MergeState::Undone)?;
-        writer.set_since(&last.child, last.previous)?;
-        writer.log(
-            "undo",
-            Some(parent),
-            &serde_json::json!({ "merge": last.id, "child": last.child, "steps": steps }),
-        )?;
+        writer.set_merge_state(last.id, MergeState::Undoing)?;
         writer.commit()?;
-        remove_quietly(&self.premerge_path(last.id, "parent"));
+        self.crash_at(super::CrashPoint::UndoJournaled);
+        let crash_mid_undo = self.crash_point == Some(super::CrashPoint::MidUndo);
+        let steps = self.finish_undo(&last, false, &|step: MergeProgress| {
+            if crash_mid_undo && step.done * 2 >= step.total {
+                std::process::abort();
+            }
+            progress(step)
+        })?;
         tracing::info!(parent = %parent, merge = last.id, "merge undone");
         Ok(UndoOutcome {
             parent: parent.clone(),
@@ -595,6 +596,55 @@ impl Store {
             merge_id: last.id,
             steps,
         })
+    }
+
+    /// Takes back `merge`, journaled as undoing: brings its parent back to
+    /// the pre-merge snapshot and its child back to its old base, then
+    /// records the undo. Each step checks what is done already, so an
+    /// interrupted undo can be run again; `recovered` marks such a run in
+    /// the operation log.
+    fn finish_undo(
+        &mut self,
+        merge: &crate::db::MergeRecord,
+        recovered: bool,
+        progress: &dyn Fn(MergeProgress),
+    ) -> Result<usize> {
+        let premerge = self.premerge_path(merge.id, "parent");
+        let mut steps = 0;
+        if let Ok(parent) = WorldName::new(&merge.parent) {
+            if self.db.world(&parent)?.is_some() && premerge.exists() {
+                steps = self.restore(&parent, &premerge, progress)?;
+                // The parent's restored files must be on disk before the
+                // journal records the undo as done.
+                File::open(self.world_path(&parent))
+                    .and_then(|dir| {
+                        use std::os::fd::AsRawFd;
+                        nix::unistd::syncfs(dir.as_raw_fd()).map_err(io::Error::from)
+                    })
+                    .map_err(|source| StoreError::Merge {
+                        child: WorldName::new(&merge.child).unwrap_or_else(|_| parent.clone()),
+                        parent: parent.clone(),
+                        source,
+                    })?;
+            }
+        }
+        self.restore_base(merge.id, &merge.child)?;
+        let writer = self.db.transaction()?;
+        writer.set_merge_state(merge.id, MergeState::Undone)?;
+        writer.set_since(&merge.child, merge.previous)?;
+        writer.log(
+            "undo",
+            WorldName::new(&merge.parent).ok().as_ref(),
+            &serde_json::json!({
+                "merge": merge.id,
+                "child": merge.child,
+                "steps": steps,
+                "recovered": recovered,
+            }),
+        )?;
+        writer.commit()?;
+        remove_quietly(&premerge);
+        Ok(steps)
     }
 
     /// Makes world `name` equal to the read-only snapshot `earlier` of it,
@@ -663,7 +713,7 @@ impl Store {
         // The cgroup freezer can give up on a loaded machine while a process
         // is busy in the kernel (libcgroups retries for about half a
         // second), so freezing is tried a few times before the merge fails.
-        // The intent tells the next command to thaw the world if this one
+        // With the intent, the next command thaws the world if this one
         // dies while it is frozen.
         let intent = thaw_intent(name);
         self.add_intents(&[&intent], THAW_INTENT)?;
@@ -742,11 +792,21 @@ impl Store {
                 MergeState::Preparing,
                 MergeState::Applying,
                 MergeState::Publishing,
+                MergeState::Undoing,
             ],
             None,
         )?;
         let mut cleanups = Vec::new();
         for merge in interrupted {
+            if merge.state == MergeState::Undoing {
+                self.finish_undo(&merge, true, &|_| {})?;
+                tracing::info!(merge = merge.id, "interrupted undo finished");
+                cleanups.push(Cleanup::UndoCompleted {
+                    merge: merge.id,
+                    parent: merge.parent.clone(),
+                });
+                continue;
+            }
             let (Ok(parent), Ok(child)) =
                 (WorldName::new(&merge.parent), WorldName::new(&merge.child))
             else {
