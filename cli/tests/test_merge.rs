@@ -432,3 +432,43 @@ fn crash_during_undo_finishes_it() {
         assert_eq!(again.code, 2, "{point}: {}", again.stderr);
     }
 }
+
+#[test]
+fn empty_merge_not_recorded() {
+    let env = TestEnv::new();
+    let child = family(&env);
+    let nothing = env.world_ok(&["merge", "Child"]);
+    assert_eq!(
+        nothing.stderr,
+        "nothing to merge: `Child` has no change since its base; nothing changed\n"
+    );
+    fs::write(child.join("etc/app.conf"), "a=2\n").unwrap();
+    let outside = env.world_ok(&["merge", "Child", "--only", "/srv"]);
+    assert_eq!(
+        outside.stderr,
+        "nothing to merge: `Child` has no change since its base under the paths of --only; nothing changed\n"
+    );
+    assert!(!env.world_ok(&["log"]).stdout.contains("merge"));
+    let undo = env.world(&["undo", "Parent"]);
+    assert_eq!(undo.code, 2, "{}", undo.stderr);
+
+    for root in ["", ".", "/"] {
+        let rejected = env.world(&["merge", "Child", "--only", root]);
+        assert_eq!(rejected.code, 2, "{root:?}");
+        assert!(
+            rejected.stderr.contains("names the root of the world"),
+            "{root:?}: {}",
+            rejected.stderr
+        );
+    }
+    let twice = env.world(&[
+        "create", "Both", "Parent", "--with", "Child", "--with", "Child",
+    ]);
+    assert_eq!(
+        (twice.code, twice.stderr.as_str()),
+        (
+            2,
+            "error: sibling `Child` is named twice\nhint: name each sibling once\n"
+        )
+    );
+}

@@ -58,6 +58,15 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         (parent, siblings)
     };
 
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = siblings.iter().find(|sibling| !seen.insert(*sibling)) {
+        return Err(ui::UsageError {
+            message: format!("sibling `{twice}` is named twice"),
+            hint: Some("name each sibling once".into()),
+        }
+        .into());
+    }
+
     if siblings.is_empty() {
         store.create_child(&args.child, &parent)?;
         let config = args.run.apply_to(store.run_config(&parent)?);

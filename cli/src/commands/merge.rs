@@ -81,11 +81,7 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
                 .iter()
                 .map(|p| Pattern::new(p.as_bytes()))
                 .collect(),
-            only: args
-                .only
-                .iter()
-                .map(|p| WorldPath::parse(p.as_bytes()))
-                .collect::<Result<_, _>>()?,
+            only: only_paths(&args.only)?,
         },
         dry_run: args.dry_run,
         expected_parent: args.expected_parent,
@@ -154,6 +150,20 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
         ui::status(context.quiet, format_args!("hint: {}", options.join("; ")));
         return Ok(ui::EXIT_BLOCKED);
     }
+    if outcome.merge_id.is_none() && !args.dry_run {
+        let filtered = if args.only.is_empty() {
+            ""
+        } else {
+            " under the paths of --only"
+        };
+        ui::status(
+            context.quiet,
+            format_args!(
+                "nothing to merge: `{}` has no change since its base{filtered}; nothing changed",
+                outcome.child
+            ),
+        );
+    }
     if let Some(id) = outcome.merge_id {
         ui::status(
             context.quiet,
@@ -218,4 +228,28 @@ fn describe_step(step: &Step) -> String {
         Step::SetMetadata(path) => ("metadata", path),
     };
     format!("{verb} {}", quote(&path.to_absolute_bytes()))
+}
+
+/// Parses the paths of `--only`, which must lie below the root: the root
+/// would select everything, as leaving out `--only` does.
+fn only_paths(values: &[OsString]) -> anyhow::Result<Vec<WorldPath>> {
+    let mut paths = Vec::new();
+    for value in values {
+        let path = WorldPath::parse(value.as_bytes())?;
+        if path.is_root() {
+            return Err(ui::UsageError {
+                message: format!(
+                    "--only `{}` names the root of the world",
+                    value.to_string_lossy()
+                ),
+                hint: Some(
+                    "give --only a path below the root, such as /etc, or leave it out to merge everything"
+                        .into(),
+                ),
+            }
+            .into());
+        }
+        paths.push(path);
+    }
+    Ok(paths)
 }

@@ -216,6 +216,13 @@ impl Store {
         if options.dry_run || !outcome.plan.conflicts.is_empty() {
             return Ok(outcome);
         }
+        // With no step and nothing that the parent already has, the merge
+        // would change neither the parent nor the child's base, so it is
+        // not made: it would only take a slot of the pre-merge snapshots.
+        let plan = &outcome.plan;
+        if plan.steps.is_empty() && plan.identical.is_empty() && plan.kept_parent.is_empty() {
+            return Ok(outcome);
+        }
 
         // Text-merged files come from a writable snapshot of the child
         // that contains the merged content, and the child's base still
