@@ -33,6 +33,13 @@ Exit status:
 /// Returns the exit code for an error: usage for mistakes the caller can
 /// fix on the command line, failure for everything else.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let blocked = error.chain().any(|cause| {
+        as_store_error(cause)
+            .is_some_and(|error| matches!(error, StoreError::UndoLosesChanges { .. }))
+    });
+    if blocked {
+        return EXIT_BLOCKED;
+    }
     let is_usage = |cause: &(dyn std::error::Error + 'static)| {
         let store = as_store_error(cause).is_some_and(|error| {
             matches!(
@@ -190,6 +197,9 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
                 )
             }
             StoreError::HasChildren { .. } => "add --recursive to delete the children too".to_owned(),
+            StoreError::UndoLosesChanges { parent, .. } => format!(
+                "merge or copy those changes elsewhere first, or run `world undo --force {parent}` to lose them"
+            ),
             StoreError::NothingToUndo { .. } => {
                 "`world log` lists the merges; pre-merge snapshots are kept for the last five merges into each world".to_owned()
             }

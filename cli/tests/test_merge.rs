@@ -472,3 +472,37 @@ fn empty_merge_not_recorded() {
         )
     );
 }
+
+#[test]
+fn undo_keeps_later_parent_changes() {
+    let env = TestEnv::new();
+    let child = family(&env);
+    fs::write(child.join("srv/www/index.html"), "v2\n").unwrap();
+    env.world_ok(&["merge", "Child"]);
+    let parent = env.store.join("pool/worlds/Parent");
+    fs::write(parent.join("etc/notes"), "work\n").unwrap();
+
+    let refused = env.world(&["undo", "Parent"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert_eq!(
+        refused.stderr,
+        "error: world `Parent` changed 1 path since merge 1, such as `/etc/notes`; \
+         undoing the merge would lose that change\n\
+         hint: merge or copy those changes elsewhere first, or run `world undo --force Parent` to lose them\n"
+    );
+    assert_eq!(
+        fs::read_to_string(parent.join("etc/notes")).unwrap(),
+        "work\n"
+    );
+    assert_eq!(
+        fs::read_to_string(parent.join("srv/www/index.html")).unwrap(),
+        "v2\n"
+    );
+
+    env.world_ok(&["undo", "--force", "Parent"]);
+    assert!(!parent.join("etc/notes").exists());
+    assert_eq!(
+        fs::read_to_string(parent.join("srv/www/index.html")).unwrap(),
+        "v1\n"
+    );
+}

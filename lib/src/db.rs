@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::name::WorldName;
+use crate::path::WorldPath;
 
 /// Schema migrations; entry `n` moves a database from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -513,6 +514,23 @@ pub struct Since {
 }
 
 impl Db {
+    /// Returns the paths that the steps of merge `id` acted on, as its plan
+    /// recorded them.
+    pub fn merge_step_paths(&self, id: i64) -> Result<Vec<WorldPath>> {
+        let plan: String =
+            self.connection
+                .query_row("SELECT plan FROM merges WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })?;
+        let plan: serde_json::Value = serde_json::from_str(&plan).unwrap_or_default();
+        let steps = plan["steps"].as_array().cloned().unwrap_or_default();
+        Ok(steps
+            .iter()
+            .filter_map(|step| crate::diff::json::read_bytes(&step["path"]))
+            .map(|path| WorldPath::from_bytes(&path))
+            .collect())
+    }
+
     /// Returns the merges in `states`, oldest first, optionally only those
     /// into `parent`.
     pub fn merges(&self, states: &[MergeState], parent: Option<&str>) -> Result<Vec<MergeRecord>> {

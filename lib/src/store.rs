@@ -155,6 +155,17 @@ pub enum StoreError {
     },
     #[error("world `{parent}` has no merge that can be undone")]
     NothingToUndo { parent: WorldName },
+    #[error(
+        "world `{parent}` changed {count} path{} since merge {merge}, such as `{example}`; undoing the merge would lose {}",
+        if *count == 1 { "" } else { "s" },
+        if *count == 1 { "that change" } else { "those changes" }
+    )]
+    UndoLosesChanges {
+        parent: WorldName,
+        merge: i64,
+        count: usize,
+        example: crate::path::WorldPath,
+    },
     #[error("world `{sibling}` is not a child of `{parent}`, so it cannot be combined into a child of it")]
     NotSibling {
         sibling: WorldName,

@@ -229,7 +229,7 @@ fn undo_restores_parent_and_child_base() {
     assert!(merge(&mut store, &MergeOptions::default()).applied);
     assert_ne!(listing(&store, "parent"), before);
 
-    let undone = store.undo(&name("parent"), &|_| {}).unwrap();
+    let undone = store.undo(&name("parent"), false, &|_| {}).unwrap();
     assert_eq!(undone.child, "child");
     assert_same_tree(&listing(&store, "parent"), &before);
     assert_eq!(
@@ -241,7 +241,7 @@ fn undo_restores_parent_and_child_base() {
             "M /srv/www/index.html"
         ]
     );
-    let error = store.undo(&name("parent"), &|_| {}).unwrap_err();
+    let error = store.undo(&name("parent"), false, &|_| {}).unwrap_err();
     assert!(matches!(error, StoreError::NothingToUndo { .. }), "{error}");
 }
 
@@ -494,10 +494,10 @@ fn keep_limits_undo_depth() {
         2,
         "one merge keeps its parent and base snapshots"
     );
-    store.undo(&name("parent"), &|_| {}).unwrap();
+    store.undo(&name("parent"), false, &|_| {}).unwrap();
     let round = fs::read_to_string(store.world_path(&name("parent")).join("etc/round")).unwrap();
     assert_eq!(round, "1");
-    let error = store.undo(&name("parent"), &|_| {}).unwrap_err();
+    let error = store.undo(&name("parent"), false, &|_| {}).unwrap_err();
     assert!(matches!(error, StoreError::NothingToUndo { .. }), "{error}");
 }
 

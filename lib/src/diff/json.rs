@@ -111,6 +111,34 @@ pub fn base64(bytes: &[u8]) -> String {
     text
 }
 
+/// Reads bytes written by [`Bytes`]: a string, or an object with standard
+/// base64 under `base64`. Returns `None` for any other value.
+pub fn read_bytes(value: &serde_json::Value) -> Option<Vec<u8>> {
+    if let Some(text) = value.as_str() {
+        return Some(text.as_bytes().to_vec());
+    }
+    let encoded = value.get("base64")?.as_str()?.trim_end_matches('=');
+    let mut bytes = Vec::with_capacity(encoded.len() * 3 / 4);
+    let (mut buffer, mut bits) = (0u32, 0);
+    for digit in encoded.bytes() {
+        let value = match digit {
+            b'A'..=b'Z' => digit - b'A',
+            b'a'..=b'z' => digit - b'a' + 26,
+            b'0'..=b'9' => digit - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        buffer = buffer << 6 | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            bytes.push((buffer >> bits) as u8);
+        }
+    }
+    Some(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +156,8 @@ mod tests {
         ];
         for (bytes, expected) in cases {
             assert_eq!(base64(bytes), expected);
+            let object = serde_json::json!({ "base64": expected });
+            assert_eq!(read_bytes(&object).as_deref(), Some(bytes));
         }
     }
 

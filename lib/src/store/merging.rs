@@ -567,6 +567,7 @@ impl Store {
     pub fn undo(
         &mut self,
         parent: &WorldName,
+        force: bool,
         progress: &dyn Fn(MergeProgress),
     ) -> Result<UndoOutcome> {
         let _lock = self.lock()?;
@@ -582,6 +583,28 @@ impl Store {
                 parent: parent.clone(),
             });
         };
+
+        // The parent goes back to its pre-merge snapshot whole, so any path
+        // that it changed since, outside the merge's own paths, would be
+        // lost. Without `force`, such a change stops the undo.
+        if !force {
+            let merged = self.db.merge_step_paths(last.id)?;
+            let premerge = self.premerge_path(last.id, "parent");
+            let later: Vec<WorldPath> = self
+                .changes_since_snapshot(parent, &premerge)?
+                .into_iter()
+                .map(|change| change.path)
+                .filter(|path| !merged.iter().any(|step| path.starts_with(step)))
+                .collect();
+            if let Some(example) = later.first() {
+                return Err(StoreError::UndoLosesChanges {
+                    parent: parent.clone(),
+                    merge: last.id,
+                    count: later.len(),
+                    example: example.clone(),
+                });
+            }
+        }
 
         // The journal records the undo first, so that a crash in the middle
         // is finished by the next command.
@@ -654,6 +677,36 @@ impl Store {
         Ok(steps)
     }
 
+    /// Returns the changes of world `name` since `earlier`, a read-only
+    /// snapshot of it, read from a new read-only snapshot of the world.
+    fn changes_since_snapshot(
+        &self,
+        name: &WorldName,
+        earlier: &Path,
+    ) -> Result<Vec<crate::diff::Change>> {
+        let diff_error = |source| StoreError::Diff {
+            name: name.clone(),
+            child: name.clone(),
+            source,
+        };
+        let since = File::open(earlier)
+            .and_then(|earlier| btrfs::subvolume_info(&earlier))
+            .map_err(diff_error)?
+            .otransid;
+        let now = self
+            .pool
+            .join(TMP_DIR)
+            .join(format!("restore.{}.{name}", std::process::id()));
+        snapshot(&self.world_path(name), &now, true).map_err(diff_error)?;
+        let sides = engine::Sides {
+            base: earlier,
+            world: &now,
+        };
+        let changes = engine::fast(&sides, since);
+        remove_quietly(&now);
+        changes.map_err(diff_error)
+    }
+
     /// Makes world `name` equal to the read-only snapshot `earlier` of it,
     /// through the apply engine, and returns the number of steps.
     fn restore(
@@ -662,27 +715,7 @@ impl Store {
         earlier: &Path,
         progress: &dyn Fn(MergeProgress),
     ) -> Result<usize> {
-        let restore_error = |source| StoreError::Diff {
-            name: name.clone(),
-            child: name.clone(),
-            source,
-        };
-        let since = File::open(earlier)
-            .and_then(|earlier| btrfs::subvolume_info(&earlier))
-            .map_err(restore_error)?
-            .otransid;
-        let now = self
-            .pool
-            .join(TMP_DIR)
-            .join(format!("restore.{}.{name}", std::process::id()));
-        snapshot(&self.world_path(name), &now, true).map_err(restore_error)?;
-        let sides = engine::Sides {
-            base: earlier,
-            world: &now,
-        };
-        let changes = engine::fast(&sides, since);
-        remove_quietly(&now);
-        let steps = plan::restore_steps(&changes.map_err(restore_error)?);
+        let steps = plan::restore_steps(&self.changes_since_snapshot(name, earlier)?);
 
         let total = steps.len();
         let target = self.world_path(name);
