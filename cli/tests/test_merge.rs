@@ -506,3 +506,27 @@ fn undo_keeps_later_parent_changes() {
         "v1\n"
     );
 }
+
+#[test]
+fn sibling_conflict_names_siblings() {
+    let env = TestEnv::new();
+    family(&env);
+    env.world_ok(&["create", "Other", "Parent"]);
+    for (sibling, text) in [("Child", "one\n"), ("Other", "two\n")] {
+        let root = env.store.join("pool/worlds").join(sibling);
+        fs::write(root.join("etc/shared"), text).unwrap();
+    }
+
+    let combined = env.world(&[
+        "create", "Both", "Parent", "--with", "Child", "--with", "Other",
+    ]);
+    assert_eq!(combined.code, 1, "{}", combined.stderr);
+    assert_eq!(
+        combined.stdout,
+        "conflict write-write /etc/shared: `Other` added it, `Child` added it\n"
+    );
+    assert_eq!(
+        combined.stderr,
+        "world `Both` not created: the changes of `Other` conflict with what came before them\n"
+    );
+}

@@ -20,9 +20,11 @@ pub enum InvalidName {
     Empty,
     #[error("world name `{name}` is longer than {MAX_LEN} bytes")]
     TooLong { name: String },
-    #[error("world name `{name}` must start with a letter or a digit")]
+    #[error("world name `{name}` must start with an ASCII letter or digit (a-z, A-Z, 0-9)")]
     BadFirst { name: String },
-    #[error("world name `{name}` contains {found:?}; use only letters, digits, `.`, `_` and `-`")]
+    #[error(
+        "world name `{name}` contains {found:?}; use only ASCII letters, digits, `.`, `_` and `-`"
+    )]
     BadChar { name: String, found: char },
 }
 

@@ -100,9 +100,21 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
     }
     if !outcome.created {
         if !args.json {
-            for merge in &outcome.merges {
+            // A sibling's changes meet those of the siblings before it.
+            for (index, merge) in outcome.merges.iter().enumerate() {
+                let earlier: Vec<String> = outcome.merges[..index]
+                    .iter()
+                    .map(|earlier| format!("`{}`", earlier.sibling))
+                    .collect();
+                let before = if earlier.is_empty() {
+                    format!("`{parent}`")
+                } else {
+                    earlier.join(" and ")
+                };
+                let sibling = format!("`{}`", merge.sibling);
                 for conflict in &merge.plan.conflicts {
-                    println!("{}", super::merge::describe_conflict(conflict));
+                    let line = super::merge::describe_conflict_between(conflict, &sibling, &before);
+                    println!("{line}");
                 }
             }
         }

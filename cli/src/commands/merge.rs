@@ -185,6 +185,12 @@ pub fn run(args: Args, context: &Context) -> anyhow::Result<u8> {
 }
 
 pub fn describe_conflict(conflict: &Conflict) -> String {
+    describe_conflict_between(conflict, "child", "parent")
+}
+
+/// Describes `conflict` like [`describe_conflict`], naming its child side
+/// `child` and its parent side `parent`.
+pub fn describe_conflict_between(conflict: &Conflict, child: &str, parent: &str) -> String {
     let kind = match conflict.kind {
         worlds::merge::plan::ConflictKind::WriteWrite => "write-write",
         worlds::merge::plan::ConflictKind::ReadWrite => "read-write",
@@ -204,7 +210,7 @@ pub fn describe_conflict(conflict: &Conflict) -> String {
         None => "read it".to_owned(),
     };
     format!(
-        "conflict {kind} {}: child {}, parent {}",
+        "conflict {kind} {}: {child} {}, {parent} {}",
         quote(&conflict.path.to_absolute_bytes()),
         side(&conflict.child),
         side(&conflict.parent)
