@@ -40,7 +40,8 @@ pub struct Args {
     prefer: Option<Prefer>,
     /// Merge text files that both sides modified line by line (diff3), and
     /// report a write-write conflict only where their changes overlap;
-    /// conflict markers are never written.
+    /// conflict markers are never written. Files over 16 MiB stay
+    /// conflicts.
     #[arg(long)]
     text_merge: bool,
     /// Ignore read-write conflicts on paths matching PATTERN: a path and

@@ -61,6 +61,9 @@ pub(super) fn thaw_intent(name: &WorldName) -> String {
     format!("thaw:{name}")
 }
 
+/// Files larger than this are not merged line by line.
+const TEXT_MERGE_BYTES_MAX: u64 = 16 << 20;
+
 /// Directory of the pool that keeps pre-merge snapshots for undo.
 pub(super) const PREMERGE_DIR: &str = "premerge";
 /// How often a merge tries to freeze a running parent before it fails.
@@ -969,6 +972,15 @@ fn text_merge(
             failed.push(path.clone());
             continue;
         };
+        // diff3 holds all three files in memory, so large ones stay
+        // conflicts.
+        let too_large = [&ours, &old, &theirs]
+            .iter()
+            .any(|file| file.metadata().map_or(true, |m| m.len() > TEXT_MERGE_BYTES_MAX));
+        if too_large {
+            failed.push(path.clone());
+            continue;
+        }
         let mut command = std::process::Command::new("diff3");
         let files = crate::sys::process::pass_files(&mut command, &[&ours, &old, &theirs]);
         let output = command
