@@ -128,7 +128,10 @@ time_patched() {
             fast)
                 # With debug logs, the fast path logs the time of its parts,
                 # which time_ns leaves in $store/errors.
-                (export WORLDS_LOG=worlds=debug && time_ns "$world" --store "$store" diff patched >>"$timings/fast")
+                # Not in a subshell, which would keep cpu_ns to itself.
+                export WORLDS_LOG=worlds=debug
+                time_ns "$world" --store "$store" diff patched >>"$timings/fast"
+                unset WORLDS_LOG
                 sed 's/\x1b\[[0-9;]*m//g' "$store/errors" | awk '
                     { for (i = 1; i <= NF; i++) if (split($i, pair, "=") == 2 && pair[1] ~ /_ms$/) ms[pair[1]] = pair[2] }
                     END { print ms["search_ms"] + 0, ms["paths_ms"] + 0, ms["compare_ms"] + 0 }
