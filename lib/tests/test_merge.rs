@@ -324,6 +324,24 @@ fn text_merge_ignores_base_symlink() {
 }
 
 #[test]
+fn new_link_to_unchanged_file_stays_link() {
+    use std::os::unix::fs::MetadataExt;
+    let fixture = TestStore::new();
+    let mut store = family(&fixture);
+    shell(&store, "child", "ln etc/app.conf srv/app.conf");
+    assert_eq!(diff_lines(&store, "child"), ["A /srv/app.conf"]);
+
+    let outcome = merge(&mut store, &MergeOptions::default());
+    assert!(outcome.applied, "{outcome:?}");
+    let parent = store.world_path(&name("parent"));
+    let first = fs::metadata(parent.join("etc/app.conf")).unwrap();
+    let second = fs::metadata(parent.join("srv/app.conf")).unwrap();
+    assert_eq!(first.ino(), second.ino());
+    assert_eq!(first.nlink(), 2);
+    assert_eq!(diff_lines(&store, "child"), Vec::<String>::new());
+}
+
+#[test]
 fn merge_of_root_world_rejected() {
     let fixture = TestStore::new();
     let mut store = family(&fixture);

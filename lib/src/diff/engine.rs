@@ -19,9 +19,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirEntryExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::model::{classify, Change, ChangeKind, Entry, FileType};
@@ -584,15 +585,15 @@ fn compare_metadata(
 /// Returns whether two files of equal size hold different data: equal
 /// extent maps mean shared blocks, so no data is read for them.
 fn data_differs(trees: &mut Trees<'_>, path: &WorldPath, size: u64) -> io::Result<bool> {
-    let mut base = trees.base.open(path)?;
-    let mut world = trees.world.open(path)?;
+    let base = trees.base.open(path)?;
+    let world = trees.world.open(path)?;
     if shares_extents(&base, &world)? {
         return Ok(false);
     }
     if size > COMPARE_BYTES_MAX {
         return Ok(true);
     }
-    Ok(!same_bytes(&mut base, &mut world)?)
+    Ok(!same_bytes(&base, &world)?)
 }
 
 /// Returns whether two files have the same extent map with no inline,
@@ -606,27 +607,30 @@ fn shares_extents(a: &File, b: &File) -> io::Result<bool> {
     Ok(!opaque && extents == sysfs::extents(b)?)
 }
 
-/// Returns whether two files read the same bytes, reading both to the end.
+/// Returns whether two files read the same bytes, reading both to the end
+/// with pread(2), so that their file offsets stay where they are.
 ///
 /// NOTE: a large sparse file is read in full, holes included.
-fn same_bytes(a: &mut File, b: &mut File) -> io::Result<bool> {
+fn same_bytes(a: &File, b: &File) -> io::Result<bool> {
     let mut buffer_a = vec![0u8; 64 << 10];
     let mut buffer_b = vec![0u8; 64 << 10];
+    let mut offset = 0;
     loop {
-        let read_a = read_full(a, &mut buffer_a)?;
-        let read_b = read_full(b, &mut buffer_b)?;
+        let read_a = read_full(a, &mut buffer_a, offset)?;
+        let read_b = read_full(b, &mut buffer_b, offset)?;
         if read_a != read_b || buffer_a[..read_a] != buffer_b[..read_b] {
             return Ok(false);
         }
         if read_a == 0 {
             return Ok(true);
         }
+        offset += read_a as u64;
     }
 
-    fn read_full(file: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
+    fn read_full(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut filled = 0;
         while filled < buffer.len() {
-            let read = file.read(&mut buffer[filled..])?;
+            let read = file.read_at(&mut buffer[filled..], offset + filled as u64)?;
             if read == 0 {
                 break;
             }
@@ -636,19 +640,24 @@ fn same_bytes(a: &mut File, b: &mut File) -> io::Result<bool> {
     }
 }
 
+/// Returns whether two open regular files hold the same bytes: shared
+/// extents decide without reading, and otherwise both are read.
+pub fn same_content(a: &File, b: &File) -> io::Result<bool> {
+    if a.metadata()?.len() != b.metadata()?.len() {
+        return Ok(false);
+    }
+    Ok(shares_extents(a, b)? || same_bytes(a, b)?)
+}
+
 /// Returns whether `path` is a regular file with the same bytes in the
 /// trees at `a` and `b`: shared extents decide without reading, and
 /// otherwise both are read and compared. A path that either tree lacks, or
 /// that is no regular file there, is not the same.
 pub fn same_data(a: &Path, b: &Path, path: &WorldPath) -> io::Result<bool> {
-    let (Some(mut file_a), Some(mut file_b)) = (open_regular(a, path)?, open_regular(b, path)?)
-    else {
+    let (Some(file_a), Some(file_b)) = (open_regular(a, path)?, open_regular(b, path)?) else {
         return Ok(false);
     };
-    if file_a.metadata()?.len() != file_b.metadata()?.len() {
-        return Ok(false);
-    }
-    Ok(shares_extents(&file_a, &file_b)? || same_bytes(&mut file_a, &mut file_b)?)
+    same_content(&file_a, &file_b)
 }
 
 /// Opens the regular file at `path` in the tree at `root` for reading,

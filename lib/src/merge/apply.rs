@@ -79,6 +79,7 @@ use crate::diff::engine;
 use crate::diff::{Entry, FileType};
 use crate::path::WorldPath;
 use crate::sys::beneath::Dir;
+use crate::sys::btrfs;
 use crate::sys::fs::{self as sysfs, Status};
 
 /// One step of applying changes to a target tree.
@@ -604,7 +605,9 @@ fn read_source(location: &Location) -> Result<Option<SourceEntry>, StepError> {
     }))
 }
 
-/// A file put earlier in this call whose source inode has more links.
+/// The target file that a source inode with more links became: one put
+/// earlier in this call, or one that the target has at another name of
+/// that inode.
 struct PutFile {
     path: WorldPath,
     /// Device and inode number of the file made in the target.
@@ -745,8 +748,10 @@ impl<'a> Applier<'a> {
         let existing_type = existing.as_ref().map(target_type).transpose()?;
         check_replaceable(existing_type, entry.file_type)?;
 
-        // NOTE: only paths put in this call are linked together, so a link
-        // to a target file that this call did not put becomes a new file.
+        // A file with more links becomes a link of the file put earlier for
+        // the same source inode, or else of a file that the target already
+        // has at another name of that inode, with the same data and
+        // attributes.
         let source_inode = (status.dev, status.ino);
         let has_links = entry.file_type != FileType::Directory && status.nlink > 1;
         let mut linked = has_links.then(|| {
@@ -757,6 +762,14 @@ impl<'a> Applier<'a> {
         if let Some(earlier) = linked.as_ref().and_then(|map| map.get(&source_inode)) {
             if self.put_link(earlier, &target, existing.as_ref())? {
                 return Ok(());
+            }
+        }
+        if let (Some(map), Some(from)) = (linked.as_mut(), &file) {
+            if let Some(origin) = self.unchanged_link(path, &entry, &status, from) {
+                if self.put_link(&origin, &target, existing.as_ref())? {
+                    map.insert(source_inode, origin);
+                    return Ok(());
+                }
             }
         }
 
@@ -802,8 +815,49 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Makes `target` a hard link of the file put earlier at
-    /// `earlier.path`. Returns false, so that the caller makes a new file,
+    /// Returns a regular file of the target that is a link of source file
+    /// `from` (at `path`, with `entry` and `status`) in all but inode: the
+    /// target's file at another name of the source inode, with the same
+    /// data, owner, mode, times and xattrs. A link that the source added to
+    /// a file which the target has unchanged then stays a link.
+    fn unchanged_link(
+        &self,
+        path: &WorldPath,
+        entry: &Entry,
+        status: &Status,
+        from: &File,
+    ) -> Option<PutFile> {
+        let names = btrfs::inode_paths(&self.source, status.ino).ok()?;
+        for name in names {
+            let other = WorldPath::from_bytes(&name);
+            if &other == path {
+                continue;
+            }
+            let Ok(origin) = self.locate(Tree::Target, &other) else {
+                continue;
+            };
+            let Ok(file) = origin.dir.open_file(&origin.name) else {
+                continue;
+            };
+            let Ok(found) = Status::of_file(&file) else {
+                continue;
+            };
+            let same_attributes = found.mode & libc::S_IFMT == libc::S_IFREG
+                && (found.mode & 0o7777, found.uid, found.gid)
+                    == (entry.mode, entry.uid, entry.gid)
+                && (found.size, found.mtime) == (status.size, status.mtime)
+                && sysfs::file_xattrs(&file).is_ok_and(|xattrs| xattrs == entry.xattrs);
+            if same_attributes && engine::same_content(&file, from).unwrap_or(false) {
+                return Some(PutFile {
+                    path: other,
+                    target_inode: (found.dev, found.ino),
+                });
+            }
+        }
+        None
+    }
+
+    /// Makes `target` a hard link of the file at `earlier.path`. Returns false, so that the caller makes a new file,
     /// when that path no longer names the file made then.
     fn put_link(
         &self,

@@ -974,9 +974,10 @@ fn text_merge(
         };
         // diff3 holds all three files in memory, so large ones stay
         // conflicts.
-        let too_large = [&ours, &old, &theirs]
-            .iter()
-            .any(|file| file.metadata().map_or(true, |m| m.len() > TEXT_MERGE_BYTES_MAX));
+        let too_large = [&ours, &old, &theirs].iter().any(|file| {
+            file.metadata()
+                .map_or(true, |m| m.len() > TEXT_MERGE_BYTES_MAX)
+        });
         if too_large {
             failed.push(path.clone());
             continue;

@@ -43,6 +43,12 @@ pub struct Dir {
     fd: OwnedFd,
 }
 
+impl std::os::fd::AsRawFd for Dir {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Dir {
     /// Opens the directory at `path`, following symlinks in `path` itself
     /// because the caller chose it.

@@ -752,7 +752,7 @@ nix::ioctl_readwrite!(ioc_ino_paths, 0x94, 35, InoPathArgs);
 
 /// Returns every path of inode `ino` in the subvolume at `subvolume`,
 /// relative to the subvolume's root, one per hard link.
-pub fn inode_paths(subvolume: &File, ino: u64) -> io::Result<Vec<Vec<u8>>> {
+pub fn inode_paths(subvolume: &impl AsRawFd, ino: u64) -> io::Result<Vec<Vec<u8>>> {
     // The kernel allocates and copies back the whole buffer on every call,
     // so it starts small and grows only for inodes with long or many paths.
     let mut size = 4096;
