@@ -56,11 +56,18 @@ impl Roots {
     }
 
     /// Returns a pair of lookups in both trees for the calling thread, and
-    /// gives that thread a working directory of its own for them.
+    /// gives that thread a working directory of its own for them where the
+    /// kernel lets it; else attributes are read through procfs.
     fn trees(&self) -> io::Result<Trees<'_>> {
-        process::own_working_directory()?;
+        let own = match process::own_working_directory() {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(%error, "no working directory of its own for a diff thread");
+                false
+            }
+        };
         let tree = |root| Tree {
-            own_working_directory: true,
+            own_working_directory: own,
             ..Tree::new(root)
         };
         Ok(Trees {
