@@ -571,6 +571,49 @@ fn crashed_merge_thaws_parent() {
 }
 
 #[test]
+fn exec_users_get_no_host_reach() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    env.init_busybox("base");
+    let mode = std::fs::metadata(env.store.join("pool"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "only root may enter the pool");
+
+    // Another user keeps no capabilities, not even ambient ones.
+    let caps = env.world_ok(&[
+        "exec",
+        "-u",
+        "65534",
+        "base",
+        "grep",
+        "Cap",
+        "/proc/self/status",
+    ]);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert!(
+            caps.stdout.contains(&format!("{set}:\t0000000000000000")),
+            "{}",
+            caps.stdout
+        );
+    }
+    // 2^32 - 1 would mean "keep root" to setresuid(2).
+    let minus_one = env.world(&["exec", "-u", "4294967295", "base", "id"]);
+    assert_eq!(minus_one.code, 2, "{}", minus_one.stderr);
+
+    // The world's account files are read inside the world only.
+    let host_passwd = env.folder().join("passwd");
+    std::fs::write(&host_passwd, "hostonly:x:4242:4242::/:/bin/sh\n").unwrap();
+    let passwd = env.store.join("pool/worlds/base/etc/passwd");
+    std::fs::remove_file(&passwd).unwrap();
+    std::os::unix::fs::symlink(&host_passwd, &passwd).unwrap();
+    let host_user = env.world(&["exec", "-u", "hostonly", "base", "id"]);
+    assert_eq!(host_user.code, 2, "{}", host_user.stderr);
+    env.world_ok(&["stop", "base"]);
+}
+
+#[test]
 fn limits_enforced() {
     let env = TestEnv::new();
     env.init_busybox("base");

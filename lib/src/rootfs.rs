@@ -453,6 +453,7 @@ fn find_tool(tool: &'static str) -> Result<PathBuf> {
 }
 
 fn spawn(tool: &'static str, command: &mut Command) -> Result<std::process::Child> {
+    crate::sys::kill_with_parent(command);
     command
         .env("LC_ALL", "C")
         .spawn()

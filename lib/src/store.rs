@@ -88,6 +88,8 @@ pub enum StoreError {
     NoStore { dir: PathBuf },
     #[error("create store directory `{path}`")]
     CreateDir { path: PathBuf, source: io::Error },
+    #[error("let only root enter the pool `{path}`")]
+    RestrictPool { path: PathBuf, source: io::Error },
     #[error("store path `{path}` exists and is not a directory")]
     NotADirectory { path: PathBuf },
     #[error("store path `{dir}` is inside the pool of the store `{outer}`")]
@@ -488,6 +490,7 @@ impl Store {
             let _lock = store.lock()?;
             pool::ensure_mounted(dir)?;
         }
+        restrict_to_root(&store.pool)?;
         let cleanups = match store.try_lock()? {
             Some(_lock) => store.reconcile()?,
             None => Vec::new(),
@@ -1339,6 +1342,23 @@ fn check_store_dir(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Lets only root enter the pool at `pool`. Worlds keep setuid programs
+/// and device nodes of their own there, which the host's other users must
+/// not reach through the pool's path.
+fn restrict_to_root(pool: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let restrict = |pool: &Path| -> io::Result<()> {
+        if fs::metadata(pool)?.permissions().mode() & 0o777 != 0o700 {
+            fs::set_permissions(pool, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    };
+    restrict(pool).map_err(|source| StoreError::RestrictPool {
+        path: pool.into(),
+        source,
+    })
 }
 
 /// Makes the pool, its directories and the database of a new store. The

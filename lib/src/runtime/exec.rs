@@ -140,6 +140,11 @@ pub(crate) fn spawn(
         name: name.clone(),
         source: Box::new(source),
     };
+    // The command must not reach the caller's kernel keys.
+    crate::sys::process::new_session_keyring().map_err(|source| RuntimeError::Keyring {
+        name: name.clone(),
+        source,
+    })?;
     let resolved = resolve_user(name, root, request.user.as_deref())?;
     let env = environment(&resolved, &request.env);
 
@@ -205,6 +210,11 @@ pub(crate) fn spawn_terminal(
         name: name.clone(),
         source: Box::new(source),
     };
+    // The command must not reach the caller's kernel keys.
+    crate::sys::process::new_session_keyring().map_err(|source| RuntimeError::Keyring {
+        name: name.clone(),
+        source,
+    })?;
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RuntimeError::Prepare {
@@ -335,8 +345,8 @@ fn receive_master(listener: &UnixListener) -> std::io::Result<OwnedFd> {
 
 /// Resolves `spec` in the world's own account files; root when `None`.
 fn resolve_user(name: &WorldName, root: &Path, spec: Option<&str>) -> Result<user::ResolvedUser> {
-    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
-    let group = fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+    let passwd = user::read_account_file(root, "passwd");
+    let group = user::read_account_file(root, "group");
     user::resolve(spec.unwrap_or("0"), &passwd, &group).map_err(|error| match error {
         LookupError::UnknownUser(user) => RuntimeError::UnknownUser {
             name: name.clone(),

@@ -106,6 +106,8 @@ pub enum RuntimeError {
     StartFailed { name: WorldName, log: String },
     #[error("launch the monitor of world `{name}`")]
     LaunchMonitor { name: WorldName, source: io::Error },
+    #[error("give the commands of world `{name}` a session keyring of their own")]
+    Keyring { name: WorldName, source: io::Error },
     #[error("prepare the runtime files of world `{name}` in `{path}`")]
     Prepare {
         name: WorldName,
@@ -512,8 +514,7 @@ impl Store {
     /// Returns the login shell and home directory of `user` (root when
     /// `None`) in world `name` from its `/etc/passwd`, or `/bin/sh` and `/`.
     pub fn login(&self, name: &WorldName, user: Option<&str>) -> (String, PathBuf) {
-        let passwd =
-            fs::read_to_string(self.world_path(name).join("etc/passwd")).unwrap_or_default();
+        let passwd = user::read_account_file(&self.world_path(name), "passwd");
         let user = user.unwrap_or("0");
         let shell = user::login_shell(&passwd, user).unwrap_or_else(|| "/bin/sh".to_owned());
         let home = user::resolve(user, &passwd, "")

@@ -75,10 +75,15 @@ pub(crate) fn build(
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
         .no_new_privileges(false)
         .capabilities(
+            // The inheritable and ambient sets are empty, as the builder's
+            // defaults are not: ambient capabilities would stay with a
+            // command that `world exec -u` runs as another user.
             LinuxCapabilitiesBuilder::default()
                 .bounding(capabilities.clone())
                 .effective(capabilities.clone())
                 .permitted(capabilities)
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
                 .build()?,
         )
         // No rlimits: init inherits the monitor's, as processes of the

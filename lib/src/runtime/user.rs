@@ -69,6 +69,16 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, Lo
                 .map_err(|_| LookupError::UnknownGroup(group_part.to_owned()))?,
         };
     }
+    // An id of 2^32 - 1 is -1 to setresuid(2) and setresgid(2), which then
+    // keep the caller's id: root.
+    if user.uid == u32::MAX {
+        return Err(LookupError::UnknownUser(user_part.to_owned()));
+    }
+    if user.gid == u32::MAX {
+        return Err(LookupError::UnknownGroup(
+            group_part.unwrap_or(user_part).to_owned(),
+        ));
+    }
     if let Some(name) = &user.name {
         user.groups = group
             .lines()
@@ -85,6 +95,29 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, Lo
             .collect();
     }
     Ok(user)
+}
+
+/// The largest account file that [`read_account_file`] reads.
+const ACCOUNT_FILE_MAX: u64 = 16 << 20;
+
+/// Returns the text of the world's account file `etc/NAME` (`passwd` or
+/// `group`) under the world's root `root`, or an empty text when it is
+/// missing, is not a regular file or is reached through a symlink. The file
+/// is opened beneath the root without following symlinks and without
+/// blocking on a fifo, because the world's root user controls it.
+pub fn read_account_file(root: &std::path::Path, name: &str) -> String {
+    use std::io::Read;
+    let read = || -> std::io::Result<String> {
+        let etc = crate::sys::beneath::Dir::open(root)?.open_dir(b"etc")?;
+        let file = etc.open_file(std::ffi::OsStr::new(name))?;
+        if file.metadata()?.file_type().is_file() {
+            let mut text = String::new();
+            file.take(ACCOUNT_FILE_MAX).read_to_string(&mut text)?;
+            return Ok(text);
+        }
+        Ok(String::new())
+    };
+    read().unwrap_or_default()
 }
 
 /// Returns the login shell of `user`, a name or a number, from the text
@@ -134,6 +167,10 @@ mod tests {
             ("4242", Ok((4242, 4242, "/", &[]))),
             ("4242:77", Ok((4242, 77, "/", &[]))),
             ("mallory", Err(LookupError::UnknownUser("mallory".into()))),
+            (
+                "4294967295",
+                Err(LookupError::UnknownUser("4294967295".into())),
+            ),
             (
                 "alice:wheel",
                 Err(LookupError::UnknownGroup("wheel".into())),

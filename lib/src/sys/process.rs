@@ -71,3 +71,27 @@ pub fn pass_files(
     }
     paths
 }
+
+/// Gives the calling process a new anonymous session keyring
+/// (`KEYCTL_JOIN_SESSION_KEYRING`, see keyctl(2)), so that the processes it
+/// starts in a world do not share the caller's keys. A kernel without
+/// keyrings has nothing to share, so `ENOSYS` counts as success.
+pub fn new_session_keyring() -> std::io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: a null name asks for a new anonymous keyring; keyctl reads no
+    // memory of ours then.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if result == -1 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
