@@ -66,6 +66,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                     | RuntimeError::UnknownUser { .. }
                     | RuntimeError::UnknownGroup { .. }
                     | RuntimeError::SubnetFull { .. }
+                    | RuntimeError::SubnetInUse { .. }
             )
         });
         let rootfs = cause.downcast_ref::<RootfsError>().is_some_and(|error| {
@@ -172,6 +173,9 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
             }
             RuntimeError::SubnetFull { .. } => {
                 "stop a veth world, or give a larger --subnet".to_owned()
+            }
+            RuntimeError::SubnetInUse { .. } => {
+                "give --subnet a private range that the host does not use yet".to_owned()
             }
             RuntimeError::StartFailed { name, .. } => {
                 format!("the monitor's log is in the store under logs/{name}.log")

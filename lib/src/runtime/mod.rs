@@ -149,6 +149,12 @@ pub enum RuntimeError {
     UnknownGroup { name: WorldName, group: String },
     #[error("no free address left in subnet {subnet} for world `{name}`")]
     SubnetFull { name: WorldName, subnet: Subnet },
+    #[error("subnet {subnet} for world `{name}` overlaps the host's route {route}")]
+    SubnetInUse {
+        name: WorldName,
+        subnet: Subnet,
+        route: String,
+    },
     #[error("set up the network of world `{name}`")]
     Network {
         name: WorldName,
@@ -659,6 +665,22 @@ impl Store {
             track: true,
         };
         if network == NetworkMode::Veth {
+            // A subnet that the host already routes elsewhere would take
+            // those addresses from the host.
+            let overlap = subnet
+                .host_route_overlap()
+                .map_err(|source| RuntimeError::Prepare {
+                    name: name.clone(),
+                    path: "/proc/net/route".into(),
+                    source,
+                })?;
+            if let Some(route) = overlap {
+                return Err(RuntimeError::SubnetInUse {
+                    name: name.clone(),
+                    subnet: *subnet,
+                    route,
+                });
+            }
             let taken: Vec<Ipv4Addr> = self
                 .db()
                 .all_running()?

@@ -105,10 +105,93 @@ impl FromStr for Subnet {
                 Ipv4Addr::from(u32::from(address) & mask)
             ));
         }
-        Ok(Self {
+        let subnet = Self {
             network: address,
             prefix,
-        })
+        };
+        if !PRIVATE_RANGES.iter().any(|range| range.contains(&subnet)) {
+            return Err(format!(
+                "subnet `{text}` is not a private range; give one inside 10.0.0.0/8, \
+                 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10"
+            ));
+        }
+        Ok(subnet)
+    }
+}
+
+/// The IPv4 ranges for private networks (RFC 1918) and shared address
+/// space (RFC 6598), where veth subnets must lie.
+const PRIVATE_RANGES: [Subnet; 4] = [
+    Subnet {
+        network: Ipv4Addr::new(10, 0, 0, 0),
+        prefix: 8,
+    },
+    Subnet {
+        network: Ipv4Addr::new(172, 16, 0, 0),
+        prefix: 12,
+    },
+    Subnet {
+        network: Ipv4Addr::new(192, 168, 0, 0),
+        prefix: 16,
+    },
+    Subnet {
+        network: Ipv4Addr::new(100, 64, 0, 0),
+        prefix: 10,
+    },
+];
+
+impl Subnet {
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    /// Returns whether `other` lies wholly inside this subnet.
+    fn contains(&self, other: &Subnet) -> bool {
+        other.prefix >= self.prefix
+            && u32::from(other.network) & self.mask() == u32::from(self.network)
+    }
+
+    /// Returns whether this subnet and the network `destination` with mask
+    /// `mask` share an address.
+    fn overlaps(&self, destination: u32, mask: u32) -> bool {
+        let common = self.mask() & mask;
+        u32::from(self.network) & common == destination & common
+    }
+
+    /// Returns the first route of the host's main table, other than the
+    /// default route and the routes to veth worlds, whose network shares an
+    /// address with this subnet, as `NETWORK/MASK dev INTERFACE`, read from
+    /// `/proc/net/route`.
+    pub fn host_route_overlap(&self) -> std::io::Result<Option<String>> {
+        let table = std::fs::read_to_string("/proc/net/route")?;
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(interface), Some(destination), Some(mask)) =
+                (fields.first(), fields.get(1), fields.get(7))
+            else {
+                continue;
+            };
+            // The kernel prints each address, held in network byte order,
+            // as a native u32 in hex.
+            let parse = |hex: &str| {
+                let native = u32::from_str_radix(hex, 16).ok()?;
+                Some(u32::from_be_bytes(native.to_ne_bytes()))
+            };
+            let (Some(destination), Some(mask)) = (parse(destination), parse(mask)) else {
+                continue;
+            };
+            if mask == 0 || interface.starts_with(super::paths::HOST_INTERFACE_PREFIX) {
+                continue;
+            }
+            if self.overlaps(destination, mask) {
+                return Ok(Some(format!(
+                    "{}/{} dev {interface}",
+                    Ipv4Addr::from(destination),
+                    mask.count_ones()
+                )));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -231,6 +314,10 @@ mod tests {
             ("10.213.0.0/31", Err("prefix length")),
             ("10.213.0.0", Err("not an IPv4 subnet")),
             ("fd00::/64", Err("not an IPv4 subnet")),
+            ("127.0.0.0/8", Err("not a private range")),
+            ("192.0.2.0/24", Err("not a private range")),
+            ("224.0.0.0/24", Err("not a private range")),
+            ("10.0.0.0/8", Ok("10.0.0.0/8")),
         ];
         for (text, expected) in cases {
             match (text.parse::<Subnet>(), expected) {
@@ -239,6 +326,23 @@ mod tests {
                 (result, expected) => panic!("{text}: got {result:?}, expected {expected:?}"),
             }
         }
+    }
+
+    #[test]
+    fn overlap_with_routes() {
+        let subnet: Subnet = "10.213.0.0/24".parse().unwrap();
+        let route = |a: u8, b: u8, c: u8, prefix: u32| {
+            (
+                u32::from(Ipv4Addr::new(a, b, c, 0)),
+                u32::MAX << (32 - prefix),
+            )
+        };
+        let (wider, mask) = route(10, 0, 0, 8);
+        assert!(subnet.overlaps(wider, mask));
+        let (inside, mask) = route(10, 213, 0, 28);
+        assert!(subnet.overlaps(inside, mask));
+        let (apart, mask) = route(10, 214, 0, 24);
+        assert!(!subnet.overlaps(apart, mask));
     }
 
     #[test]

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::name::WorldName;
 
+/// The start of the name of the host's end of a world's veth pair.
+pub(crate) const HOST_INTERFACE_PREFIX: &str = "wv";
+
 /// The runtime paths and names of one world.
 #[derive(Debug, Clone)]
 pub struct RunPaths {
@@ -52,7 +55,7 @@ impl RunPaths {
             logs,
             dir,
             container_id: format!("worlds-{:08x}-{name}", store_hash as u32),
-            host_interface: format!("wv{:08x}", world_hash as u32),
+            host_interface: format!("{HOST_INTERFACE_PREFIX}{:08x}", world_hash as u32),
         }
     }
 }
