@@ -13,13 +13,14 @@ pub struct RunArgs {
     /// [default: the world's stored setting, else host].
     #[arg(long, value_name = "MODE")]
     pub network: Option<NetworkMode>,
-    /// Memory limit, such as `256M` or `2G`.
-    #[arg(long, value_name = "SIZE", value_parser = super::init::parse_size)]
+    /// Memory limit, such as `256M` or `2G`; at least 4M.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
     pub memory: Option<u64>,
-    /// Maximum number of processes and threads in the world at once.
-    #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Maximum number of processes and threads in the world at once, from
+    /// 1 to 4194304.
+    #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..=MAX_PIDS))]
     pub pids: Option<u64>,
-    /// CPU time as a number of CPUs, such as `0.5` or `2`.
+    /// CPU time as a number of CPUs, such as `0.5` or `2`; at least 0.01.
     #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
     pub cpus: Option<f64>,
     /// Do not record which files the world reads, writes and executes
@@ -93,11 +94,27 @@ impl StartArgs {
     }
 }
 
+/// The largest pid limit: Linux's PID_MAX_LIMIT on 64-bit machines.
+const MAX_PIDS: u64 = 4_194_304;
+/// The smallest memory limit; less leaves a world's init no room.
+const MIN_MEMORY: u64 = 4 << 20;
+/// The smallest CPU share: 1 ms of CPU time per 100 ms period, the
+/// smallest quota that the kernel accepts.
+const MIN_CPUS: f64 = 0.01;
+
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let bytes = super::init::parse_size(text).map_err(|error| error.to_string())?;
+    if bytes < MIN_MEMORY {
+        return Err(format!("memory limit `{text}` is below the minimum of 4M"));
+    }
+    Ok(bytes)
+}
+
 fn parse_cpus(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(cpus) if cpus > 0.0 && cpus.is_finite() => Ok(cpus),
+        Ok(cpus) if cpus >= MIN_CPUS && cpus.is_finite() => Ok(cpus),
         _ => Err(format!(
-            "`{text}` is not a positive number of CPUs such as 0.5 or 2"
+            "`{text}` is not a number of CPUs from 0.01 up, such as 0.5 or 2"
         )),
     }
 }
