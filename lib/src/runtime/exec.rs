@@ -152,6 +152,9 @@ pub(crate) fn spawn(
         .with_root_path(&paths.containers)
         .map_err(exec_error)?
         .with_executor(CommandExecutor);
+    // NOTE: the command gets the caller's descriptors as they are, so it
+    // can reopen a host file or directory behind one through
+    // /proc/self/fd; relaying them through pipes would close that gap.
     if let Some([stdin, stdout, stderr]) = request.stdio {
         builder = builder
             .with_stdin(stdin)
