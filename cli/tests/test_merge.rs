@@ -482,10 +482,10 @@ fn undo_keeps_later_parent_changes() {
     let parent = env.store.join("pool/worlds/Parent");
     fs::write(parent.join("etc/notes"), "work\n").unwrap();
 
-    let refused = env.world(&["undo", "Parent"]);
-    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    let stopped = env.world(&["undo", "Parent"]);
+    assert_eq!(stopped.code, 1, "{}", stopped.stderr);
     assert_eq!(
-        refused.stderr,
+        stopped.stderr,
         "error: world `Parent` changed 1 path since merge 1, such as `/etc/notes`; \
          undoing the merge would lose that change\n\
          hint: merge or copy those changes elsewhere first, or run `world undo --force Parent` to lose them\n"

@@ -780,22 +780,19 @@ impl Store {
     /// Thaws the world of thaw intent `intent`, which a command froze and
     /// then died before it could thaw it, and clears the intent.
     fn thaw_after_crash(&mut self, intent: &str) -> Result<Option<Cleanup>> {
-        let world = self
-            .worlds()?
-            .into_iter()
-            .find(|world| merging::thaw_intent(&world.name) == intent);
         let mut cleanup = None;
-        if let Some(world) = world {
+        if let Some(world) = merging::thaw_intent_world(intent) {
+            // A world deleted since, or stopped, is not frozen.
             let frozen = self
-                .status(&world.name)
+                .status(&world)
                 .is_ok_and(|status| status.state == crate::runtime::RunState::Frozen);
             if frozen {
-                self.set_frozen(&world.name, false)
+                self.set_frozen(&world, false)
                     .map_err(|error| StoreError::Reconcile {
                         source: Box::new(error),
                     })?;
-                tracing::info!(world = %world.name, "world thawed after an interrupted command");
-                cleanup = Some(Cleanup::Thawed { world: world.name });
+                tracing::info!(world = %world, "world thawed after an interrupted command");
+                cleanup = Some(Cleanup::Thawed { world });
             }
         }
         let writer = self.db.transaction()?;

@@ -318,7 +318,7 @@ fn print_patch(
         if !has_text_diff {
             continue;
         }
-        // diff(1) holds both files in memory, holes of sparse files too.
+        // diff(1) reads both files into memory, holes of sparse files too.
         let size = |entry: &Option<worlds::diff::Entry>| entry.as_ref().map_or(0, |e| e.size);
         if size(&change.before).max(size(&change.after)) > PATCH_BYTES_MAX {
             writeln!(

@@ -56,9 +56,9 @@ impl Roots {
     }
 
     /// Returns a pair of lookups in both trees for the calling thread, and
-    /// gives that thread a working directory of its own for them where the
-    /// kernel lets it; else attributes are read through procfs.
-    fn trees(&self) -> io::Result<Trees<'_>> {
+    /// gives that thread a working directory of its own for them. Where the
+    /// kernel does not let it, the lookups read attributes through procfs.
+    fn trees(&self) -> Trees<'_> {
         let own = match process::own_working_directory() {
             Ok(()) => true,
             Err(error) => {
@@ -70,10 +70,10 @@ impl Roots {
             own_working_directory: own,
             ..Tree::new(root)
         };
-        Ok(Trees {
+        Trees {
             base: tree(&self.base),
             world: tree(&self.world),
-        })
+        }
     }
 }
 
@@ -356,7 +356,7 @@ fn may_have_lost_entries(base: &sysfs::Status, world: &sysfs::Status, added: u64
 /// waiting for inode lookups, so threads help even where the CPUs are few.
 fn in_parallel<T: Sync, R: Send, S>(
     items: &[T],
-    state: impl Fn() -> io::Result<S> + Sync,
+    state: impl Fn() -> S + Sync,
     work: impl Fn(&mut S, &T) -> io::Result<R> + Sync,
 ) -> io::Result<Vec<R>> {
     let threads = std::thread::available_parallelism()
@@ -369,19 +369,12 @@ fn in_parallel<T: Sync, R: Send, S>(
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
-                    let mut state = state()?;
+                    let mut state = state();
                     part.iter().map(|item| work(&mut state, item)).collect()
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("diff worker panicked")))
-            })
-            .collect()
+        process::join_all(workers, "diff worker")
     });
     let mut results = Vec::with_capacity(items.len());
     for part in parts {

@@ -815,11 +815,10 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Returns a regular file of the target that is a link of source file
-    /// `from` (at `path`, with `entry` and `status`) in all but inode: the
-    /// target's file at another name of the source inode, with the same
-    /// data, owner, mode, times and xattrs. A link that the source added to
-    /// a file which the target has unchanged then stays a link.
+    /// Returns the target's file at another name of the inode of source file
+    /// `from` (at `path`, with `entry` and `status`), when it has the same
+    /// data, owner, mode, times and xattrs. Linking to it keeps a link that
+    /// the source added to a file which the target has unchanged.
     fn unchanged_link(
         &self,
         path: &WorldPath,

@@ -154,7 +154,7 @@ pub(crate) fn spawn(
         .with_executor(CommandExecutor);
     // NOTE: the command gets the caller's descriptors as they are, so it
     // can reopen a host file or directory behind one through
-    // /proc/self/fd; relaying them through pipes would close that gap.
+    // /proc/self/fd. Relaying them through pipes would close that gap.
     if let Some([stdin, stdout, stderr]) = request.stdio {
         builder = builder
             .with_stdin(stdin)

@@ -55,10 +55,18 @@ use crate::sys::btrfs;
 /// world for a merge, an undo or a recovery.
 pub(super) const THAW_INTENT: &str = "thaw";
 
-/// Returns the key of the thaw intent of world `name`. It names no path of
-/// the pool.
+/// The start of the key of a thaw intent, before the world's name. The key
+/// names no path of the pool.
+const THAW_KEY_PREFIX: &str = "thaw:";
+
+/// Returns the key of the thaw intent of world `name`.
 pub(super) fn thaw_intent(name: &WorldName) -> String {
-    format!("thaw:{name}")
+    format!("{THAW_KEY_PREFIX}{name}")
+}
+
+/// Returns the world of thaw intent `key`, or `None` for another key.
+pub(super) fn thaw_intent_world(key: &str) -> Option<WorldName> {
+    WorldName::new(key.strip_prefix(THAW_KEY_PREFIX)?).ok()
 }
 
 /// Files larger than this are not merged line by line.
@@ -395,12 +403,7 @@ impl Store {
         // The parent's new files must be on disk before the journal records
         // them, because a crash after `publishing` is rolled forward.
         let apply_done = std::time::Instant::now();
-        File::open(self.world_path(parent))
-            .and_then(|dir| {
-                use std::os::fd::AsRawFd;
-                nix::unistd::syncfs(dir.as_raw_fd()).map_err(std::io::Error::from)
-            })
-            .map_err(merge_error)?;
+        sync_filesystem(&self.world_path(parent)).map_err(merge_error)?;
         let applied = std::time::Instant::now();
         self.crash_at(super::CrashPoint::MergeApplied);
         let writer = self.db.transaction()?;
@@ -590,13 +593,14 @@ impl Store {
         // The parent goes back to its pre-merge snapshot whole, so any path
         // that it changed since, outside the merge's own paths, would be
         // lost. Without `force`, such a change stops the undo.
+        let mut known = None;
         if !force {
             let merged = self.db.merge_step_paths(last.id)?;
             let premerge = self.premerge_path(last.id, "parent");
-            let later: Vec<WorldPath> = self
-                .changes_since_snapshot(parent, &premerge)?
-                .into_iter()
-                .map(|change| change.path)
+            let changes = self.changes_since_snapshot(parent, &premerge)?;
+            let later: Vec<&WorldPath> = changes
+                .iter()
+                .map(|change| &change.path)
                 .filter(|path| !merged.iter().any(|step| path.starts_with(step)))
                 .collect();
             if let Some(example) = later.first() {
@@ -604,9 +608,10 @@ impl Store {
                     parent: parent.clone(),
                     merge: last.id,
                     count: later.len(),
-                    example: example.clone(),
+                    example: (*example).clone(),
                 });
             }
+            known = Some(changes);
         }
 
         // The journal records the undo first, so that a crash in the middle
@@ -616,7 +621,7 @@ impl Store {
         writer.commit()?;
         self.crash_at(super::CrashPoint::UndoJournaled);
         let crash_mid_undo = self.crash_point == Some(super::CrashPoint::MidUndo);
-        let steps = self.finish_undo(&last, false, &|step: MergeProgress| {
+        let steps = self.finish_undo(&last, false, known, &|step: MergeProgress| {
             if crash_mid_undo && step.done * 2 >= step.total {
                 std::process::abort();
             }
@@ -634,31 +639,28 @@ impl Store {
     /// Takes back `merge`, journaled as undoing: brings its parent back to
     /// the pre-merge snapshot and its child back to its old base, then
     /// records the undo. Each step checks what is done already, so an
-    /// interrupted undo can be run again; `recovered` marks such a run in
-    /// the operation log.
+    /// interrupted undo can be run again. `recovered` marks such a run in
+    /// the operation log, and `known` gives the parent's changes since the
+    /// snapshot where the caller has just read them.
     fn finish_undo(
         &mut self,
         merge: &crate::db::MergeRecord,
         recovered: bool,
+        known: Option<Vec<crate::diff::Change>>,
         progress: &dyn Fn(MergeProgress),
     ) -> Result<usize> {
         let premerge = self.premerge_path(merge.id, "parent");
         let mut steps = 0;
         if let Ok(parent) = WorldName::new(&merge.parent) {
             if self.db.world(&parent)?.is_some() && premerge.exists() {
-                steps = self.restore(&parent, &premerge, progress)?;
+                steps = self.restore(&parent, &premerge, known, progress)?;
                 // The parent's restored files must be on disk before the
                 // journal records the undo as done.
-                File::open(self.world_path(&parent))
-                    .and_then(|dir| {
-                        use std::os::fd::AsRawFd;
-                        nix::unistd::syncfs(dir.as_raw_fd()).map_err(io::Error::from)
-                    })
-                    .map_err(|source| StoreError::Merge {
-                        child: WorldName::new(&merge.child).unwrap_or_else(|_| parent.clone()),
-                        parent: parent.clone(),
-                        source,
-                    })?;
+                sync_filesystem(&self.world_path(&parent)).map_err(|source| StoreError::Merge {
+                    child: WorldName::new(&merge.child).unwrap_or_else(|_| parent.clone()),
+                    parent: parent.clone(),
+                    source,
+                })?;
             }
         }
         self.restore_base(merge.id, &merge.child)?;
@@ -711,14 +713,20 @@ impl Store {
     }
 
     /// Makes world `name` equal to the read-only snapshot `earlier` of it,
-    /// through the apply engine, and returns the number of steps.
+    /// through the apply engine, and returns the number of steps. `known`
+    /// gives the world's changes since `earlier` where the caller has them.
     fn restore(
         &mut self,
         name: &WorldName,
         earlier: &Path,
+        known: Option<Vec<crate::diff::Change>>,
         progress: &dyn Fn(MergeProgress),
     ) -> Result<usize> {
-        let steps = plan::restore_steps(&self.changes_since_snapshot(name, earlier)?);
+        let changes = match known {
+            Some(changes) => changes,
+            None => self.changes_since_snapshot(name, earlier)?,
+        };
+        let steps = plan::restore_steps(&changes);
 
         let total = steps.len();
         let target = self.world_path(name);
@@ -842,7 +850,7 @@ impl Store {
         let mut cleanups = Vec::new();
         for merge in interrupted {
             if merge.state == MergeState::Undoing {
-                self.finish_undo(&merge, true, &|_| {})?;
+                self.finish_undo(&merge, true, None, &|_| {})?;
                 tracing::info!(merge = merge.id, "interrupted undo finished");
                 cleanups.push(Cleanup::UndoCompleted {
                     merge: merge.id,
@@ -873,7 +881,7 @@ impl Store {
             } else {
                 let parent_exists = self.db.world(&parent)?.is_some();
                 if merge.state == MergeState::Applying && premerge.exists() && parent_exists {
-                    self.restore(&parent, &premerge, &|_| {})?;
+                    self.restore(&parent, &premerge, None, &|_| {})?;
                 }
                 for leftover in [new_base, premerge, self.premerge_path(merge.id, "base")] {
                     if leftover.exists() {
@@ -972,7 +980,7 @@ fn text_merge(
             failed.push(path.clone());
             continue;
         };
-        // diff3 holds all three files in memory, so large ones stay
+        // diff3 reads all three files into memory, so large ones stay
         // conflicts.
         let too_large = [&ours, &old, &theirs].iter().any(|file| {
             file.metadata()
@@ -1011,6 +1019,14 @@ fn text_merge(
     plan.conflicts
         .sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
     merged
+}
+
+/// Writes out the filesystem that contains the folder at `path` with
+/// syncfs(2).
+fn sync_filesystem(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = File::open(path)?;
+    Ok(nix::unistd::syncfs(dir.as_raw_fd())?)
 }
 
 /// Writes out the filesystem that contains `dir` with syncfs(2). A failure

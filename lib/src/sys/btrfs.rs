@@ -385,14 +385,7 @@ pub fn changed_inodes(subvolume: &File, since: u64) -> io::Result<TreeChanges> {
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("tree search thread panicked")))
-            })
-            .collect()
+        super::process::join_all(workers, "tree search thread")
     });
 
     // The ranges are put back in order of inode number.

@@ -26,9 +26,9 @@ pub fn lower_priority(nice: i32) -> std::io::Result<()> {
 }
 
 /// Gives the calling thread a working directory of its own, apart from the
-/// rest of the process (unshare(2) with `CLONE_FS`), so that it may change
-/// it with [`crate::sys::beneath::Dir::enter`] and look up names relative
-/// to it without touching other threads.
+/// rest of the process (unshare(2) with `CLONE_FS`). The thread may then
+/// change it with [`crate::sys::beneath::Dir::enter`] and look up names
+/// relative to it without touching other threads.
 pub fn own_working_directory() -> std::io::Result<()> {
     // SAFETY: unshare takes a plain flag word and touches no memory of
     // ours; `CLONE_FS` affects only the calling thread.
@@ -78,8 +78,8 @@ pub fn pass_files(
 /// keyrings has nothing to share, so `ENOSYS` counts as success.
 pub fn new_session_keyring() -> std::io::Result<()> {
     const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
-    // SAFETY: a null name asks for a new anonymous keyring; keyctl reads no
-    // memory of ours then.
+    // SAFETY: with a null name, keyctl makes a new anonymous keyring and
+    // reads no memory of ours.
     let result = unsafe {
         libc::syscall(
             libc::SYS_keyctl,
@@ -94,4 +94,20 @@ pub fn new_session_keyring() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits for the scoped threads `workers` and returns their results in
+/// order. A thread that panicked gives an error that calls it `label`.
+pub fn join_all<T>(
+    workers: Vec<std::thread::ScopedJoinHandle<'_, std::io::Result<T>>>,
+    label: &str,
+) -> Vec<std::io::Result<T>> {
+    workers
+        .into_iter()
+        .map(|worker| {
+            worker
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other(format!("{label} panicked"))))
+        })
+        .collect()
 }
